@@ -1,0 +1,117 @@
+"""`molm3d caption | ask | embed`: molecules from SMILES or files, results as JSON lines or CSV."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .output import FORMATS, ResultWriter
+
+# Reference decoding (beam 5) is ~5x slower on CPU; greedy is the default and --beams restores it.
+_MAX_NEW_TOKENS = {"caption": 128, "ask": 64}
+
+
+def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a SMILES string or a file: .smi/.smiles/.txt, .sdf/.sd, .mol, .xyz, .pdb",
+    )
+    if task == "ask":
+        parser.add_argument("--question", "-q", required=True, help="the question to ask about each molecule")
+    parser.add_argument("--checkpoint", help="checkpoint folder (default: $MOLM3D_CHECKPOINT or models/molm3d-small)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
+    parser.add_argument("--format", choices=FORMATS, default="jsonl", help="output format (default jsonl)")
+    parser.add_argument("-o", "--output", type=Path, help="write results here instead of stdout")
+    parser.add_argument("--batch-size", type=_positive, default=8, help="molecules per model call (default 8)")
+    parser.add_argument(
+        "--n-conformers",
+        type=_positive,
+        default=1,
+        help="ETKDG conformers per molecule; the lowest-energy one is used (default 1)",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="conformer seed (default 42)")
+    parser.add_argument(
+        "--regenerate-conformers",
+        action="store_true",
+        help="ignore 3D coordinates that come with SDF/XYZ/PDB input and generate new ones",
+    )
+    parser.add_argument("--xyz-charge", type=int, default=0, help="total charge for XYZ bond perception")
+    parser.add_argument("--max-heavy-atoms", type=_positive, default=256, help="reject larger molecules")
+    if task != "embed":
+        parser.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy; the paper used 5)")
+        parser.add_argument("--max-new-tokens", type=_positive, default=_MAX_NEW_TOKENS[task])
+        parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.set_defaults(handler=run, task=task)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..checkpoints import load_model
+    from ..chem import ConformerOptions, InputLimits, count_records, read_inputs
+    from ..models import DecodingOptions
+    from ..pipeline import Predictor
+
+    model, info = load_model(args.checkpoint, device=args.device, dtype=args.dtype)
+    if not info.trained:
+        print(
+            f"note: {info.model_id}: no trained checkpoint; outputs come from untrained weights",
+            file=sys.stderr,
+        )
+    decoding = DecodingOptions()
+    if args.task != "embed":
+        decoding = DecodingOptions(
+            num_beams=args.beams,
+            max_new_tokens=args.max_new_tokens,
+            repetition_penalty=args.repetition_penalty,
+        )
+    predictor = Predictor(
+        model,
+        info,
+        batch_size=args.batch_size,
+        decoding=decoding,
+        conformer_options=ConformerOptions(
+            n_conformers=args.n_conformers, seed=args.seed, use_input_3d=not args.regenerate_conformers
+        ),
+    )
+    limits = InputLimits(max_heavy_atoms=args.max_heavy_atoms)
+    records = read_inputs(args.inputs, limits=limits, xyz_charge=args.xyz_charge)
+    total = count_records(args.inputs)
+    stream = args.output.open("w", newline="") if args.output else sys.stdout
+    n_ok = n_failed = 0
+    try:
+        writer = ResultWriter(stream, args.format, args.task)
+        with tqdm(
+            total=total, unit="mol", desc=args.task, file=sys.stderr, disable=None if total != 1 else True
+        ) as bar:
+            for result in predictor.run(records, args.task, getattr(args, "question", None), progress=bar):
+                writer.write(result)
+                if result["status"] == "ok":
+                    n_ok += 1
+                else:
+                    n_failed += 1
+                    print(
+                        f"error: {result['record_id']}: {result['error_code']}: {result['error_message']}",
+                        file=sys.stderr,
+                    )
+    finally:
+        if args.output:
+            stream.close()
+    if n_failed:
+        print(
+            f"{n_failed} of {n_ok + n_failed} records failed (listed in the output with status=error)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

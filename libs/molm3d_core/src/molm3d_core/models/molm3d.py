@@ -1,0 +1,246 @@
+"""3D-MoLM: Uni-Mol encoder -> Q-Former -> projector -> causal LM with LoRA.
+
+Retrieval (stage 1) uses the Q-Former's projections: a molecule is Q normalised vectors (one per query
+token), a text one normalised vector of its [CLS] state, and their similarity is the max over the
+queries. Generation (stages 2-3) projects the query outputs into the LM's embedding space and splices
+them in at the prompt's `<mol>` placeholders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..assets import resolve_asset
+from ..prompts import CAPTION_INSTRUCTION, build_prompt
+from .encoder3d import UniMolConfig, UniMolEncoder
+from .lm import DecodingOptions, Generation, LMConfig, MolLM
+from .qformer import QFormer, QFormerConfig
+
+DEC_TOKEN = "[DEC]"  # BLIP-2's decoder start token for the Q-Former's captioning loss
+PRESETS = ("tiny", "small", "official")
+
+
+@dataclass
+class MoLM3DConfig:
+    preset: str = "small"
+    encoder: UniMolConfig = field(default_factory=UniMolConfig.small)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig.small)
+    lm: LMConfig = field(default_factory=LMConfig)
+    embed_dim: int = 256  # retrieval projection size
+    temperature: float = 0.1  # contrastive temperature
+    prompt_template: str = "compact"
+    max_smiles_chars: int = 96
+    max_atoms: int = 256  # featurisation cap (a seeded subset above it)
+    seed: int = 0  # initialisation seed
+
+    def __post_init__(self) -> None:
+        if self.qformer.encoder_width != self.encoder.embed_dim:
+            raise ValueError(
+                f"qformer.encoder_width ({self.qformer.encoder_width}) must equal "
+                f"encoder.embed_dim ({self.encoder.embed_dim})"
+            )
+
+    @classmethod
+    def preset_config(cls, name: str, **lm_overrides: Any) -> MoLM3DConfig:
+        if name == "tiny":
+            tiny_lm = {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "head_dim": 16,
+            }
+            return cls(
+                preset="tiny",
+                encoder=UniMolConfig.tiny(),
+                qformer=QFormerConfig.tiny(),
+                lm=LMConfig(random_init=tiny_lm, **lm_overrides),
+                embed_dim=16,
+            )
+        if name == "small":
+            return cls(preset="small", lm=LMConfig(**lm_overrides))
+        if name == "official":
+            # Paper scale: Uni-Mol 15x512, SciBERT Q-Former, Llama-2-7B; give `lm_overrides["base"]`.
+            return cls(
+                preset="official",
+                encoder=UniMolConfig.official(),
+                qformer=QFormerConfig.official(),
+                lm=LMConfig(lora_dropout=0.1, **lm_overrides),
+                prompt_template="reference",
+            )
+        raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MoLM3DConfig:
+        lm = dict(d["lm"])
+        lm["lora_targets"] = tuple(lm["lora_targets"])
+        return cls(
+            **{k: v for k, v in d.items() if k not in ("encoder", "qformer", "lm")},
+            encoder=UniMolConfig(**d["encoder"]),
+            qformer=QFormerConfig(**d["qformer"]),
+            lm=LMConfig(**lm),
+        )
+
+
+class MoLM3D(nn.Module):
+    def __init__(
+        self,
+        config: MoLM3DConfig,
+        dtype: torch.dtype = torch.float32,
+        meta: bool = False,
+        init_bert: bool = True,
+    ) -> None:
+        """Build the model; `init_bert` loads the Q-Former's BERT weights when their shapes fit
+        (skip it when a checkpoint will overwrite them anyway). `meta` builds shapes only."""
+        super().__init__()
+        from transformers import AutoTokenizer
+
+        self.config = config
+        torch.manual_seed(config.seed)
+        device = torch.device("meta") if meta else torch.device("cpu")
+        with device:
+            self.encoder = UniMolEncoder(config.encoder)
+            self.ln_graph = nn.LayerNorm(config.encoder.embed_dim)
+            self.qformer = QFormer(config.qformer)
+            hq = config.qformer.hidden_size
+            self.graph_proj = nn.Linear(hq, config.embed_dim)
+            self.text_proj = nn.Linear(hq, config.embed_dim)
+            self.gtm_head = nn.Linear(hq, 2)
+        self.lm = MolLM(config.lm, dtype=dtype, meta=meta)
+        with device:
+            self.llm_proj = nn.Linear(hq, self.lm.hidden_size)
+
+        self.text_tokenizer = None
+        if config.qformer.bert_path is not None:
+            self.text_tokenizer = AutoTokenizer.from_pretrained(resolve_asset(config.qformer.bert_path))
+            self.text_tokenizer.add_special_tokens({"bos_token": DEC_TOKEN})
+            if len(self.text_tokenizer) != config.qformer.vocab_size:
+                raise ValueError(
+                    f"Q-Former vocab_size {config.qformer.vocab_size} != tokenizer size {len(self.text_tokenizer)} "
+                    f"(BERT vocabulary + {DEC_TOKEN})"
+                )
+            bert_fits = config.qformer.hidden_size == _bert_hidden_size(config.qformer.bert_path)
+            if init_bert and bert_fits and not meta:
+                self.qformer.load_bert(resolve_asset(config.qformer.bert_path))
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm_proj.weight.device
+
+    @property
+    def num_query_tokens(self) -> int:
+        return self.config.qformer.num_query_tokens
+
+    # 1. molecules -> query outputs ------------------------------------------------------------------
+
+    def encode_atoms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Collated features -> atom states (B, L, D) after ln_graph, attend mask (B, L) True = atom."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        atoms, padding_mask = self.encoder(batch["src_tokens"], batch["src_distance"], batch["src_edge_type"])
+        return self.ln_graph(atoms), ~padding_mask
+
+    def query_molecules(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, Q, Hq): the query tokens after cross-attending to the atoms."""
+        atoms, atom_mask = self.encode_atoms(batch)
+        return self.qformer(atoms.to(self.qformer.query_tokens.dtype), atom_mask)[:, : self.num_query_tokens]
+
+    def molecule_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, Q, H_lm): what replaces the `<mol>` placeholders."""
+        return self.llm_proj(self.query_molecules(batch))
+
+    # 2. retrieval -----------------------------------------------------------------------------------
+
+    def embed_molecules(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, Q, E) unit vectors."""
+        return F.normalize(self.graph_proj(self.query_molecules(batch)), dim=-1)
+
+    def tokenize_texts(self, texts: list[str], max_length: int = 256) -> dict[str, torch.Tensor]:
+        if self.text_tokenizer is None:
+            raise ValueError("this model has no Q-Former tokenizer (qformer.bert_path is None)")
+        enc = self.text_tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return {
+            "input_ids": enc["input_ids"].to(self.device),
+            "attention_mask": enc["attention_mask"].to(self.device),
+        }
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """(B, E) unit vectors of the texts' [CLS] states."""
+        enc = self.tokenize_texts(texts)
+        hidden = self.qformer(None, None, enc["input_ids"], enc["attention_mask"], use_queries=False)
+        return F.normalize(self.text_proj(hidden[:, 0]), dim=-1)
+
+    @staticmethod
+    def similarity(mol_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """(B, Q, E) x (C, E) -> (B, C): the best-matching query token per pair."""
+        return torch.einsum("bqe,ce->bcq", mol_embeds, text_embeds).amax(-1)
+
+    def match_logits(self, batch: dict[str, torch.Tensor], texts: list[str]) -> torch.Tensor:
+        """Matching head on (molecule i, text i) pairs: (B,) logit of "matches"."""
+        atoms, atom_mask = self.encode_atoms(batch)
+        enc = self.tokenize_texts(texts)
+        hidden = self.qformer(atoms, atom_mask, enc["input_ids"], enc["attention_mask"])
+        logits = self.gtm_head(hidden[:, : self.num_query_tokens]).mean(1)  # (B, 2)
+        return logits[:, 1] - logits[:, 0]
+
+    # 3. generation ----------------------------------------------------------------------------------
+
+    def prompt(self, instruction: str, smiles: str) -> str:
+        c = self.config
+        return build_prompt(c.prompt_template, instruction, smiles, self.num_query_tokens, c.max_smiles_chars)
+
+    def generate(
+        self,
+        batch: dict[str, torch.Tensor],
+        smiles: list[str],
+        instructions: list[str],
+        decoding: DecodingOptions,
+    ) -> list[Generation]:
+        prompts = [self.prompt(i, s) for i, s in zip(instructions, smiles, strict=True)]
+        return self.lm.generate(prompts, self.molecule_tokens(batch), decoding)
+
+    def caption(self, batch: dict[str, torch.Tensor], smiles: list[str], decoding: DecodingOptions) -> list[Generation]:
+        return self.generate(batch, smiles, [CAPTION_INSTRUCTION] * len(smiles), decoding)
+
+    def ask(
+        self,
+        batch: dict[str, torch.Tensor],
+        smiles: list[str],
+        questions: list[str],
+        decoding: DecodingOptions,
+    ) -> list[Generation]:
+        return self.generate(batch, smiles, questions, decoding)
+
+    # 4. what a checkpoint saves ---------------------------------------------------------------------
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything except the base LM's weights, which checkpoints reference by name."""
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
+        state.update({f"lm.{k}": v for k, v in self.lm.trainable_state_dict().items()})
+        return state
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = {k: v for k, v in state.items() if not k.startswith("lm.")}
+        result = self.load_state_dict(own, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("lm.")]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+        self.lm.load_trainable_state_dict({k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")})
+
+
+def _bert_hidden_size(ref: str) -> int | None:
+    import json
+
+    cfg = resolve_asset(ref) / "config.json"
+    return json.loads(cfg.read_text()).get("hidden_size") if cfg.exists() else None
