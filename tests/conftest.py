@@ -24,11 +24,3 @@ def tiny_model():
     from molm3d_core.models import MoLM3D, MoLM3DConfig
 
     return MoLM3D(MoLM3DConfig.preset_config("tiny")).eval()
-
-
-def molecule_batch(smiles: list[str], seed: int = 42):
-    """Real RDKit conformers -> collated Uni-Mol features."""
-    from molm3d_core.chem import ConformerOptions, collate, featurize, generate_conformer, parse_smiles
-
-    conformers = [generate_conformer(parse_smiles(s), ConformerOptions(seed=seed)) for s in smiles]
-    return collate([featurize(c) for c in conformers])

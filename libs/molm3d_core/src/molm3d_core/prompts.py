@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .models.lm import MOL_TOKEN
-
+MOL_TOKEN = "<mol>"  # one placeholder per query token; the LM splices molecule embeddings there
 TEMPLATES = {
     "reference": (
         "Below is an instruction that describes a task, paired with an input molecule. Write a response "

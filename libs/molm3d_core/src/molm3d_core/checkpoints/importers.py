@@ -1,12 +1,15 @@
 """Importers for the official weights: Uni-Mol and the 3D-MoLM stage-1 / stage-2/3 checkpoints.
 
 Files are read with `torch.load(weights_only=True)`: tensors and plain containers only, never
-arbitrary pickled objects. Every official key is either mapped to one of our parameters (with its
-shape checked) or reported as skipped with the reason; nothing is dropped silently.
+arbitrary pickled objects (the one class allowed besides is `argparse.Namespace`, plain data that
+Uni-Core checkpoints keep under "args"). Every official key is either mapped to one of our
+parameters (with its shape checked) or reported as skipped with the reason; nothing is dropped
+silently.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +36,8 @@ class ImportReport:
 
 def read_state(path: str | Path, key: str) -> dict[str, torch.Tensor]:
     """The tensor dict under `key` ("model" for Uni-Mol, "state_dict" for Lightning checkpoints)."""
-    obj = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
     if not isinstance(obj, dict) or key not in obj:
         found = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"{path}: expected a dict with a {key!r} entry, found {found}")
@@ -61,6 +65,8 @@ def map_molm_key(key: str) -> tuple[str | None, str]:
         return None, "learned temperature (our config holds a fixed temperature)"
     if rest == "Qformer.cls.predictions.decoder.weight":
         return None, "tied to the word embeddings"
+    if rest == "Qformer.cls.predictions.decoder.bias":  # BERT's head saves its bias under both names
+        return None, "tied to cls.predictions.bias"
     if rest.startswith("Qformer."):
         return f"qformer.{rest.removeprefix('Qformer.')}", ""
     if rest == "query_tokens":

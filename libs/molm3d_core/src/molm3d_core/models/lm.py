@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..assets import DEFAULT_LM, resolve_asset
+from ..prompts import MOL_TOKEN
 
-MOL_TOKEN = "<mol>"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
