@@ -9,3 +9,67 @@ def molecule_batch(smiles: list[str], seed: int = 42):
 
     conformers = [generate_conformer(parse_smiles(s), ConformerOptions(seed=seed)) for s in smiles]
     return collate([featurize(c) for c in conformers])
+
+
+TINY_MOLECULES = {
+    "CCO": "ethanol is a primary alcohol",
+    "c1ccccc1": "benzene is an aromatic hydrocarbon",
+    "CC(=O)O": "acetic acid is a carboxylic acid",
+    "c1ccncc1": "pyridine is an azaarene",
+    "CCN": "ethylamine is a primary amine",
+    "O=C=O": "carbon dioxide is a one-carbon compound",
+}
+
+
+def write_tiny_dataset(root):
+    """A dataset folder in the `molm3d data build` format, from six real molecules (train split only)."""
+    import json
+    from pathlib import Path
+
+    from rdkit.Chem import Descriptors
+
+    from molm3d_core.chem import generate_conformer, parse_smiles
+
+    root = Path(root)
+    (root / "tasks").mkdir(parents=True, exist_ok=True)
+    molecules, tasks = [], []
+    for i, (smiles, caption) in enumerate(TINY_MOLECULES.items()):
+        record = parse_smiles(smiles)
+        symbols, coords = generate_conformer(record).heavy_atoms()
+        geometry = {"symbols": symbols, "coords": coords.round(3).tolist()}
+        mol_id = f"tiny:{i}"
+        molecules.append(
+            {
+                "mol_id": mol_id,
+                "source": "tiny",
+                "split": "train",
+                "smiles": record.smiles,
+                "name": None,
+                "scaffold": "",
+                "geometries": {"dft": geometry, "etkdg": geometry},
+            }
+        )
+        mw = Descriptors.MolWt(record.mol)
+        tasks.append(
+            {
+                "mol_id": mol_id,
+                "task": "caption",
+                "instruction": "Describe the input molecule.",
+                "answer": caption,
+                "label": None,
+                "unit": None,
+            }
+        )
+        tasks.append(
+            {
+                "mol_id": mol_id,
+                "task": "mw",
+                "instruction": "What is the molecular weight?",
+                "answer": f"The molecular weight of the input molecule is {mw:.2f} g/mol.",
+                "label": round(mw, 2),
+                "unit": "g/mol",
+            }
+        )
+    (root / "molecules.jsonl").write_text("".join(json.dumps(m) + "\n" for m in molecules))
+    (root / "tasks" / "train.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    return root

@@ -13,20 +13,22 @@ MOL_TOKEN = "<mol>"  # one placeholder per query token; the LM splices molecule 
 TEMPLATES = {
     "reference": (
         "Below is an instruction that describes a task, paired with an input molecule. Write a response "
-        "that appropriately completes the request.\nInstruction: {instruction}\nInput molecule: {smiles} "
+        "that appropriately completes the request.\nInstruction: {instruction}\nInput molecule: {smiles}"
         "{mol_tokens}.\nResponse: "
     ),
-    "compact": "Molecule: {smiles} {mol_tokens}\nQuestion: {instruction}\nAnswer:",
+    "compact": "Molecule: {smiles}{mol_tokens}\nQuestion: {instruction}\nAnswer:",
 }
 CAPTION_INSTRUCTION = "Describe the input molecule."
 
 
 def build_prompt(template: str, instruction: str, smiles: str, num_query_tokens: int, max_smiles_chars: int) -> str:
-    """One prompt with `num_query_tokens` `<mol>` placeholders (SMILES truncated, as in the reference)."""
+    """One prompt with `num_query_tokens` `<mol>` placeholders (SMILES truncated, as in the reference).
+
+    With 0 placeholders it is the SMILES-only prompt of the baseline.
+    """
+    mol_tokens = " " + MOL_TOKEN * num_query_tokens if num_query_tokens else ""
     return TEMPLATES[template].format(
-        instruction=instruction.strip(),
-        smiles=smiles[:max_smiles_chars],
-        mol_tokens=MOL_TOKEN * num_query_tokens,
+        instruction=instruction.strip(), smiles=smiles[:max_smiles_chars], mol_tokens=mol_tokens
     )
 
 

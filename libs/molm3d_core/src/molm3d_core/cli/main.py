@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import predict
+from . import predict, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("embed", "retrieval embeddings of each molecule (query tokens x embed_dim)"),
     ):
         predict.add_arguments(sub.add_parser(task, help=help_text, description=help_text), task)
+
+    train.add_parser(sub)
 
     assets = sub.add_parser("assets", help="prepare packaged model assets (one-time GGUF conversion)")
     assets.add_argument("action", choices=["prepare"])

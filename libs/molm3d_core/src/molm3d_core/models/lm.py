@@ -112,14 +112,20 @@ class MolLM(nn.Module):
 
     # 1. tokenisation ---------------------------------------------------------------------------------
 
-    def tokenize(self, prompts: list[str], targets: list[str] | None = None) -> TokenizedPrompts:
-        """Left-padded prompts; with targets, `prompt + target + EOS` and labels on the target only."""
+    def tokenize(
+        self, prompts: list[str], targets: list[str] | None = None, max_target_tokens: int | None = None
+    ) -> TokenizedPrompts:
+        """Left-padded prompts; with targets, `prompt + target + EOS` and labels on the target only.
+
+        `max_target_tokens` truncates long targets (EOS still ends them, so the model learns to stop).
+        """
         tok = self.tokenizer
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         if targets is None:
             seqs, labels = prompt_ids, None
         else:
-            target_ids = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in targets]
+            limit = max_target_tokens - 1 if max_target_tokens else None
+            target_ids = [[*tok(t, add_special_tokens=False)["input_ids"][:limit], tok.eos_token_id] for t in targets]
             seqs = [p + t for p, t in zip(prompt_ids, target_ids, strict=True)]
             labels = [[-100] * len(p) + t for p, t in zip(prompt_ids, target_ids, strict=True)]
         width = max(len(s) for s in seqs)

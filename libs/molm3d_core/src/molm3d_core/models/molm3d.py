@@ -37,6 +37,7 @@ class MoLM3DConfig:
     prompt_template: str = "compact"
     max_smiles_chars: int = 96
     max_atoms: int = 256  # featurisation cap (a seeded subset above it)
+    molecule_tokens: bool = True  # False: the SMILES-only baseline, prompts carry no <mol> tokens
     seed: int = 0  # initialisation seed
 
     def __post_init__(self) -> None:
@@ -196,7 +197,8 @@ class MoLM3D(nn.Module):
 
     def prompt(self, instruction: str, smiles: str) -> str:
         c = self.config
-        return build_prompt(c.prompt_template, instruction, smiles, self.num_query_tokens, c.max_smiles_chars)
+        n_mol = self.num_query_tokens if c.molecule_tokens else 0
+        return build_prompt(c.prompt_template, instruction, smiles, n_mol, c.max_smiles_chars)
 
     def generate(
         self,
@@ -206,7 +208,8 @@ class MoLM3D(nn.Module):
         decoding: DecodingOptions,
     ) -> list[Generation]:
         prompts = [self.prompt(i, s) for i, s in zip(instructions, smiles, strict=True)]
-        return self.lm.generate(prompts, self.molecule_tokens(batch), decoding)
+        mol = self.molecule_tokens(batch) if self.config.molecule_tokens else None
+        return self.lm.generate(prompts, mol, decoding)
 
     def caption(self, batch: dict[str, torch.Tensor], smiles: list[str], decoding: DecodingOptions) -> list[Generation]:
         return self.generate(batch, smiles, [CAPTION_INSTRUCTION] * len(smiles), decoding)

@@ -1,0 +1,162 @@
+"""One training loop for every stage: resumable, seeded, gradient accumulation, bf16 autocast.
+
+Layout of `{output_dir}/stage{N}/`:
+- `last/`: the resumable state (trainable weights as safetensors, optimizer state, step), replaced
+  atomically every `save_every` steps, so a killed run resumes from its last save;
+- `final/`: a normal molm3d checkpoint once the stage finishes (the next stage starts from it);
+- `metrics.jsonl`: one line per logged step (loss parts, lr, samples/s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ..checkpoints import load_model, save_checkpoint
+from ..device import resolve_device
+from ..models import MoLM3D, MoLM3DConfig
+from .config import StageResult, TrainConfig
+from .data import TrainingData
+from .objectives import build_objective
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: TrainConfig, stage: int) -> MoLM3D:
+    """Weights to start from: the given checkpoint, else the previous stage's final, else a fresh preset."""
+    init = Path(cfg.init_checkpoint) if cfg.init_checkpoint else None
+    if init is None and stage > 0 and (cfg.stage_dir(stage - 1) / "final").exists():
+        init = cfg.stage_dir(stage - 1) / "final"
+    if init is not None:
+        log.info("stage %d starts from %s", stage, init)
+        model, _ = load_model(init, device=cfg.device, dtype="float32")
+    else:
+        model = MoLM3D(MoLM3DConfig.preset_config(cfg.preset)).to(resolve_device(cfg.device))
+    if not cfg.molecule_tokens:
+        model.config.molecule_tokens = False
+    return model
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _save_state(
+    stage_dir: Path, params: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer, step: int,
+    cfg: TrainConfig,
+) -> None:  # fmt: skip
+    tmp = stage_dir / "last.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({name: p.detach().cpu().contiguous() for name, p in params}, str(tmp / "weights.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.to_dict()}, indent=2))
+    old = stage_dir / "last.old"
+    if (stage_dir / "last").exists():
+        os.replace(stage_dir / "last", old)
+    os.replace(tmp, stage_dir / "last")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _resume(stage_dir: Path, params, optimizer: torch.optim.Optimizer) -> int:
+    last = stage_dir / "last"
+    if not (last / "state.json").exists():
+        return 0
+    weights = load_file(str(last / "weights.safetensors"))
+    names = [n for n, _ in params]
+    if sorted(weights) != sorted(names):
+        raise ValueError(f"{last} does not match this stage's trainable parameters; remove it to start over")
+    with torch.no_grad():
+        for name, p in params:
+            p.copy_(weights[name])
+    optimizer.load_state_dict(torch.load(last / "optimizer.pt", map_location="cpu", weights_only=True))
+    step = json.loads((last / "state.json").read_text())["step"]
+    log.info("resuming %s at step %d", stage_dir, step)
+    return step
+
+
+def train_stage(stage: int, cfg: TrainConfig, progress: bool = True) -> StageResult:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    stage_dir = cfg.stage_dir(stage)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(cfg, stage)
+    data = TrainingData.load(cfg.data_dir, "train", cfg.max_train_molecules)
+    objective = build_objective(stage, model, cfg, data)
+
+    params = objective.trainable()
+    wanted = {id(p) for _, p in params}
+    for p in [*model.parameters(), *(q for m in objective.extra_modules().values() for q in m.parameters())]:
+        p.requires_grad_(id(p) in wanted)
+    decay = [p for n, p in params if p.ndim >= 2 and "query_tokens" not in n]
+    no_decay = [p for n, p in params if not (p.ndim >= 2 and "query_tokens" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    start = _resume(stage_dir, params, optimizer)
+    model.train()
+    for m in objective.extra_modules().values():
+        m.train()
+    device = model.device
+    use_autocast = cfg.autocast == "bf16"
+
+    losses: list[float] = []
+    metrics_file = (stage_dir / "metrics.jsonl").open("a")
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"stage {stage}", unit="step", file=sys.stderr,
+               disable=not progress)  # fmt: skip
+    t0, samples = time.perf_counter(), 0
+    for step in range(start, cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(cfg, step)
+        # Dropout draws from torch's RNG: seeding it per step makes a resumed run match a straight one.
+        torch.manual_seed(cfg.seed * 1_000_003 + stage * 100_003 + step)
+        optimizer.zero_grad(set_to_none=True)
+        parts: dict[str, float] = {}
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            batch = objective.batch(step, micro)
+            amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
+            with amp:
+                loss, part = objective.loss(batch)
+            (loss / cfg.grad_accum).backward()
+            total += loss.item() / cfg.grad_accum
+            for k, v in part.items():
+                parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
+            samples += cfg.batch_size
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+        optimizer.step()
+        losses.append(total)
+        rate = samples / (time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{total:.4f}", samples_s=f"{rate:.1f}")
+        bar.update(1)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            record = {"step": step + 1, "loss": total, **parts, "lr": optimizer.param_groups[0]["lr"],
+                      "samples_per_s": rate, "time": time.time()}  # fmt: skip
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            _save_state(stage_dir, params, optimizer, step + 1, cfg)
+    bar.close()
+    metrics_file.close()
+    _save_state(stage_dir, params, optimizer, cfg.steps, cfg)
+    final = save_checkpoint(
+        model.eval(), stage_dir / "final", model_id=f"molm3d-{cfg.preset}-stage{stage}",
+        metadata={"stage": stage, "steps": cfg.steps, "train_config": cfg.to_dict()},
+    )  # fmt: skip
+    return StageResult(stage=stage, steps=cfg.steps, final_checkpoint=final, losses=losses)

@@ -1,0 +1,111 @@
+"""Every stage trains (loss falls on a memorisable set), resumes exactly, and the official preset runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from molm3d_core.checkpoints import load_model, save_checkpoint
+from molm3d_core.models import MoLM3D, MoLM3DConfig, QFormerConfig, UniMolConfig
+from molm3d_core.training import TrainConfig, train_stage
+from molm3d_core.training import loop as loop_module
+from tests.helpers import write_tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_tiny_dataset(tmp_path_factory.mktemp("data"))
+
+
+def _cfg(dataset, out, **kw) -> TrainConfig:
+    return TrainConfig.preset_config("tiny").replace(data_dir=str(dataset), output_dir=str(out), **kw)
+
+
+@pytest.mark.parametrize(("stage", "steps", "lr"), [(0, 40, 2e-3), (1, 30, 1e-2), (2, 30, 3e-3), (3, 30, 3e-3)])
+def test_stage_loss_falls_on_a_memorisable_set(dataset, tmp_path, stage, steps, lr):
+    cfg = _cfg(dataset, tmp_path, steps=steps, lr=lr, save_every=1000)
+    result = train_stage(stage, cfg, progress=False)
+    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
+    assert last < 0.7 * first, (stage, result.losses)
+    assert (tmp_path / f"stage{stage}" / "final" / "model.safetensors").exists()
+    lines = (tmp_path / f"stage{stage}" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == steps  # tiny preset logs every step
+
+
+def test_next_stage_starts_from_the_previous_final(dataset, tmp_path):
+    train_stage(1, _cfg(dataset, tmp_path, steps=2), progress=False)
+    stage1 = load_file(str(tmp_path / "stage1" / "final" / "model.safetensors"))
+    model, info = load_model(tmp_path / "stage1" / "final", device="cpu")
+    assert info.model_id == "molm3d-tiny-stage1"
+    torch.testing.assert_close(model.qformer.query_tokens.detach(), stage1["qformer.query_tokens"])
+    result = train_stage(2, _cfg(dataset, tmp_path, steps=1), progress=False)
+    assert result.steps == 1
+
+
+def test_resume_continues_from_the_saved_step(dataset, tmp_path, monkeypatch):
+    straight = train_stage(2, _cfg(dataset, tmp_path / "a", steps=6, save_every=3), progress=False)
+
+    real_build = loop_module.build_objective
+
+    def interrupted(*args, **kwargs):
+        objective = real_build(*args, **kwargs)
+        real_batch = objective.batch
+
+        def batch(step, micro):
+            if step == 4:
+                raise KeyboardInterrupt  # the session ends mid-run
+            return real_batch(step, micro)
+
+        objective.batch = batch
+        return objective
+
+    monkeypatch.setattr(loop_module, "build_objective", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(2, _cfg(dataset, tmp_path / "b", steps=6, save_every=3), progress=False)
+    monkeypatch.setattr(loop_module, "build_objective", real_build)
+    resumed = train_stage(2, _cfg(dataset, tmp_path / "b", steps=6, save_every=3), progress=False)
+    assert len(resumed.losses) == 3  # steps 3, 4, 5 only
+    np.testing.assert_allclose(resumed.losses, straight.losses[3:], rtol=1e-4)
+    a = load_file(str(tmp_path / "a" / "stage2" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "stage2" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_official_preset_runs_a_step_at_reduced_size(dataset, tmp_path):
+    """Paper architecture (Uni-Mol 512 wide x 64 heads, BERT-base-wide Q-Former, Llama) with fewer layers."""
+    cfg = MoLM3DConfig.preset_config(
+        "official",
+        random_init={"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 64},
+    )  # fmt: skip
+    cfg.encoder = UniMolConfig(num_layers=2)
+    cfg.qformer = QFormerConfig(num_layers=2)
+    assert (cfg.encoder.embed_dim, cfg.encoder.num_heads, cfg.qformer.hidden_size) == (512, 64, 768)
+    assert cfg.prompt_template == "reference" and cfg.lm.lora_dropout == 0.1
+    save_checkpoint(MoLM3D(cfg), tmp_path / "init", model_id="official-reduced")
+    train_cfg = TrainConfig.preset_config("official").replace(
+        data_dir=str(dataset), output_dir=str(tmp_path / "run"), init_checkpoint=str(tmp_path / "init"),
+        steps=1, batch_size=2, grad_accum=1, warmup_steps=0,
+    )  # fmt: skip
+    result = train_stage(3, train_cfg, progress=False)
+    assert result.steps == 1 and np.isfinite(result.losses[0])
+
+
+def test_smiles_only_baseline_trains_lora_without_molecule_tokens(dataset, tmp_path):
+    result = train_stage(3, _cfg(dataset, tmp_path, steps=2, molecule_tokens=False), progress=False)
+    model, _ = load_model(result.final_checkpoint, device="cpu")
+    assert model.config.molecule_tokens is False
+    assert "<mol>" not in model.prompt("What is it?", "CCO")
+
+
+def test_unknown_config_keys_are_refused(tmp_path):
+    (tmp_path / "bad.toml").write_text('preset = "tiny"\nstepz = 3\n')
+    with pytest.raises(ValueError, match="stepz"):
+        TrainConfig.load(str(tmp_path / "bad.toml"))
+    (tmp_path / "ok.toml").write_text('preset = "tiny"\nsteps = 3\ntasks = ["mw"]\n')
+    cfg = TrainConfig.load(str(tmp_path / "ok.toml"))
+    assert cfg.steps == 3 and cfg.tasks == ("mw",) and cfg.preset == "tiny"
