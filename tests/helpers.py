@@ -21,8 +21,11 @@ TINY_MOLECULES = {
 }
 
 
-def write_tiny_dataset(root):
-    """A dataset folder in the `molm3d data build` format, from six real molecules (train split only)."""
+def write_tiny_dataset(root, split="train"):
+    """A dataset folder in the `molm3d data build` format, six real molecules, all in `split`.
+
+    A test split also gets the retrieval pairs and a train task file (its labels feed the mean baseline).
+    """
     import json
     from pathlib import Path
 
@@ -71,5 +74,11 @@ def write_tiny_dataset(root):
             }
         )
     (root / "molecules.jsonl").write_text("".join(json.dumps(m) + "\n" for m in molecules))
-    (root / "tasks" / "train.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    (root / "tasks" / f"{split}.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    if split == "test":
+        train = [{**t, "mol_id": "train:" + t["mol_id"], "label": 100.0} for t in tasks if t["task"] == "mw"]
+        (root / "tasks" / "train.jsonl").write_text("".join(json.dumps(t) + "\n" for t in train))
+        pairs = [{"mol_id": t["mol_id"], "text": t["answer"]} for t in tasks if t["task"] == "caption"]
+        (root / "retrieval").mkdir(exist_ok=True)
+        (root / "retrieval" / "test.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     return root

@@ -29,6 +29,7 @@ class ConformerOptions:
     seed: int = 42
     use_input_3d: bool = True  # keep coordinates that came with the input (SDF/MOL/XYZ/PDB 3D)
     max_ff_iters: int = 500
+    timeout_s: int = 60  # per ETKDG attempt: some stereo-dense molecules otherwise embed forever
     num_threads: int = 1  # RDKit threads for embedding and optimisation (results do not depend on it)
 
 
@@ -59,6 +60,7 @@ def _embed(mol: Chem.Mol, options: ConformerOptions, random_coords: bool) -> tup
     params.numThreads = options.num_threads
     params.useRandomCoords = random_coords
     params.trackFailures = True
+    params.timeout = options.timeout_s
     with rdkit_log():
         ids = list(rdDistGeom.EmbedMultipleConfs(mol, options.n_conformers, params))
     if ids:

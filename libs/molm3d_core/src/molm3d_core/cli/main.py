@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import predict, train
+from . import data, evaluate, predict, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         predict.add_arguments(sub.add_parser(task, help=help_text, description=help_text), task)
 
     train.add_parser(sub)
+
+    data.add_parser(sub)
+    evaluate.add_parser(sub)
 
     assets = sub.add_parser("assets", help="prepare packaged model assets (one-time GGUF conversion)")
     assets.add_argument("action", choices=["prepare"])

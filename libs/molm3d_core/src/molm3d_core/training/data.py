@@ -6,7 +6,6 @@ same batches as an uninterrupted one without saving any sampler state.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,36 +13,30 @@ from typing import Any
 
 import numpy as np
 
-from ..chem import MoleculeFeatures, featurize_atoms
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+from ..chem import MoleculeFeatures
+from ..data.dataset import load_dataset
+from ..data.features import has_geometry, molecule_features
 
 
 @dataclass
 class TrainingData:
-    molecules: dict[str, dict[str, Any]]  # mol_id -> molecules.jsonl record
+    molecules: dict[str, dict[str, Any]]  # mol_id -> molecules.jsonl record (of the split)
     examples: list[dict[str, Any]]  # tasks/{split}.jsonl records of the split
 
     @classmethod
     def load(cls, data_dir: str | Path, split: str = "train", max_molecules: int | None = None) -> TrainingData:
-        root = Path(data_dir)
-        if not (root / "molecules.jsonl").exists():
-            raise FileNotFoundError(f"{root} is not a molm3d dataset (no molecules.jsonl); run `molm3d data build`")
-        molecules = {m["mol_id"]: m for m in read_jsonl(root / "molecules.jsonl") if m["split"] == split}
+        dataset = load_dataset(data_dir)
+        molecules = {k: m for k, m in dataset.molecules.items() if m["split"] == split}
         if max_molecules is not None:
             molecules = dict(sorted(molecules.items())[:max_molecules])
-        examples = [e for e in read_jsonl(root / "tasks" / f"{split}.jsonl") if e["mol_id"] in molecules]
+        examples = [e for e in dataset.tasks.get(split, []) if e["mol_id"] in molecules]
         return cls(molecules, examples)
 
     def features(self, mol_id: str, rng: np.random.Generator, etkdg_prob: float, max_atoms: int) -> MoleculeFeatures:
         """Features of one geometry: the DFT one or, with probability `etkdg_prob`, the generated one."""
-        geoms = self.molecules[mol_id]["geometries"]
-        use_etkdg = "etkdg" in geoms and ("dft" not in geoms or rng.random() < etkdg_prob)
-        g = geoms["etkdg" if use_etkdg else "dft"]
-        return featurize_atoms(g["symbols"], np.asarray(g["coords"], dtype=np.float32), max_atoms=max_atoms)
+        molecule = self.molecules[mol_id]
+        use_etkdg = has_geometry(molecule, "etkdg") and (not has_geometry(molecule, "dft") or rng.random() < etkdg_prob)
+        return molecule_features(molecule, "etkdg" if use_etkdg else "dft", max_atoms)
 
     def by_task(self, tasks: tuple[str, ...] = ()) -> dict[str, list[dict[str, Any]]]:
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
