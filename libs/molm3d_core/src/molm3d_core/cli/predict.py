@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .output import FORMATS, ResultWriter
 
@@ -22,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     if task == "ask":
         parser.add_argument("--question", "-q", required=True, help="the question to ask about each molecule")
     parser.add_argument("--checkpoint", help="checkpoint folder (default: $MOLM3D_CHECKPOINT or models/molm3d-small)")
+    if task != "embed":
+        parser.add_argument("--remote", metavar="HOST:PORT",
+                            help="send the molecules to a running `molm3d serve` over gRPC instead of loading a "
+                                 "model here (token from $MOLM3D_API_TOKEN)")  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
     parser.add_argument("--format", choices=FORMATS, default="jsonl", help="output format (default jsonl)")
@@ -56,12 +62,17 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..checkpoints import load_model
     from ..chem import ConformerOptions, InputLimits, count_records, read_inputs
     from ..models import DecodingOptions
     from ..pipeline import Predictor
+
+    limits = InputLimits(max_heavy_atoms=args.max_heavy_atoms)
+    records = read_inputs(args.inputs, limits=limits, xyz_charge=args.xyz_charge)
+    if getattr(args, "remote", None):
+        from .plugins import plugin
+
+        return _write_results(args, plugin("molm3d.remote", "client")(args, records), count_records(args.inputs))
 
     model, info = load_model(args.checkpoint, device=args.device, dtype=args.dtype)
     if not info.trained:
@@ -85,9 +96,14 @@ def run(args: argparse.Namespace) -> int:
             n_conformers=args.n_conformers, seed=args.seed, use_input_3d=not args.regenerate_conformers
         ),
     )
-    limits = InputLimits(max_heavy_atoms=args.max_heavy_atoms)
-    records = read_inputs(args.inputs, limits=limits, xyz_charge=args.xyz_charge)
-    total = count_records(args.inputs)
+    question = getattr(args, "question", None)
+    return _write_results(args, predictor.run(records, args.task, question), count_records(args.inputs))
+
+
+def _write_results(args: argparse.Namespace, results: Iterator[dict[str, Any]], total: int | None) -> int:
+    """Write result rows as they come, with a progress bar; exit code 1 when any record failed."""
+    from tqdm import tqdm
+
     stream = args.output.open("w", newline="") if args.output else sys.stdout
     n_ok = n_failed = 0
     try:
@@ -95,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         with tqdm(
             total=total, unit="mol", desc=args.task, file=sys.stderr, disable=None if total != 1 else True
         ) as bar:
-            for result in predictor.run(records, args.task, getattr(args, "question", None), progress=bar):
+            for result in results:
+                bar.update(1)
                 writer.write(result)
                 if result["status"] == "ok":
                     n_ok += 1

@@ -175,8 +175,10 @@ class MolLM(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[str], mol_embeds: torch.Tensor | None, decoding: DecodingOptions
+        self, prompts: list[str], mol_embeds: torch.Tensor | None, decoding: DecodingOptions, streamer: Any = None
     ) -> list[Generation]:
+        """Decode every prompt (left-padded batch); `streamer` (a transformers BaseStreamer) sees each
+        step's new tokens, for token streaming (greedy only, a transformers limit)."""
         batch = self.tokenize(prompts)
         device = self.model.device
         ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
@@ -193,6 +195,7 @@ class MolLM(nn.Module):
             eos_token_id=eos,
             pad_token_id=self.tokenizer.pad_token_id,
             suppress_tokens=[self.mol_token_id],
+            streamer=streamer,
         )
         results = []
         for row in out.tolist():  # only new tokens: the prompt went in as embeddings

@@ -100,9 +100,12 @@ class MoLM3D(nn.Module):
         dtype: torch.dtype = torch.float32,
         meta: bool = False,
         init_bert: bool = True,
+        with_lm: bool = True,
     ) -> None:
         """Build the model; `init_bert` loads the Q-Former's BERT weights when their shapes fit
-        (skip it when a checkpoint will overwrite them anyway). `meta` builds shapes only."""
+        (skip it when a checkpoint will overwrite them anyway). `meta` builds shapes only.
+        `with_lm=False` leaves the language model out (`self.lm` is None): the encoder service
+        needs the molecule side only and should not hold the LM's weights."""
         super().__init__()
         from transformers import AutoTokenizer
 
@@ -117,9 +120,13 @@ class MoLM3D(nn.Module):
             self.graph_proj = nn.Linear(hq, config.embed_dim)
             self.text_proj = nn.Linear(hq, config.embed_dim)
             self.gtm_head = nn.Linear(hq, 2)
-        self.lm = MolLM(config.lm, dtype=dtype, meta=meta)
+        lm = MolLM(config.lm, dtype=dtype, meta=meta or not with_lm)
+        # Re-seed: building the LM may draw random numbers (random_init) or not (meta, with_lm=False),
+        # and the projector must come out the same either way.
+        torch.manual_seed(config.seed + 1)
         with device:
-            self.llm_proj = nn.Linear(hq, self.lm.hidden_size)
+            self.llm_proj = nn.Linear(hq, lm.hidden_size)
+        self.lm: MolLM | None = lm if with_lm else None
 
         self.text_tokenizer = None
         if config.qformer.bert_path is not None:
@@ -228,7 +235,8 @@ class MoLM3D(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything except the base LM's weights, which checkpoints reference by name."""
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
-        state.update({f"lm.{k}": v for k, v in self.lm.trainable_state_dict().items()})
+        if self.lm is not None:
+            state.update({f"lm.{k}": v for k, v in self.lm.trainable_state_dict().items()})
         return state
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -239,7 +247,10 @@ class MoLM3D(nn.Module):
             raise ValueError(
                 f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
             )
-        self.lm.load_trainable_state_dict({k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")})
+        if self.lm is not None:
+            self.lm.load_trainable_state_dict(
+                {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
+            )
 
 
 def _bert_hidden_size(ref: str) -> int | None:

@@ -29,7 +29,7 @@ class TrainConfig:
     warmup_steps: int = 50
     seed: int = 0
     device: str = "auto"
-    autocast: str = "bf16"  # bf16 autocast (CPU and GPU) or "none"
+    autocast: str = "auto"  # "auto" (bf16 on GPU and on CPUs with native bf16), "bf16" or "none"
     log_every: int = 10
     save_every: int = 100  # resumable state every N steps
     num_threads: int | None = None  # torch CPU threads (None: torch's default)

@@ -49,7 +49,11 @@ class TrainingData:
 
 
 class TaskMixture:
-    """Samples examples: a task with p ~ N_task ** exponent, then an example of it uniformly (stage 3)."""
+    """Samples examples: a task with p ~ N_task ** exponent, then examples of it uniformly (stage 3).
+
+    One task per micro-batch: batches pad to their longest sequence, and a caption (~150 tokens) in a
+    batch of short property answers (~60) would more than double the cost of that batch.
+    """
 
     def __init__(self, groups: dict[str, list[dict[str, Any]]], exponent: float) -> None:
         self.names = list(groups)
@@ -58,8 +62,8 @@ class TaskMixture:
         self.probs = sizes**exponent / (sizes**exponent).sum()
 
     def sample(self, rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
-        tasks = rng.choice(len(self.names), size=n, p=self.probs)
-        return [self.groups[self.names[t]][rng.integers(len(self.groups[self.names[t]]))] for t in tasks]
+        group = self.groups[self.names[rng.choice(len(self.names), p=self.probs)]]
+        return [group[i] for i in rng.integers(len(group), size=n)]
 
 
 def step_rng(seed: int, stage: int, step: int, micro: int = 0) -> np.random.Generator:

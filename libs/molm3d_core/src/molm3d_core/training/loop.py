@@ -1,4 +1,4 @@
-"""One training loop for every stage: resumable, seeded, gradient accumulation, bf16 autocast.
+"""One training loop for every stage: resumable, seeded, gradient accumulation, bf16 autocast where the hardware has it.
 
 Layout of `{output_dir}/stage{N}/`:
 - `last/`: the resumable state (trainable weights as safetensors, optimizer state, step), replaced
@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..checkpoints import load_model, save_checkpoint
-from ..device import resolve_device
+from ..device import resolve_autocast, resolve_device
 from ..models import MoLM3D, MoLM3DConfig
 from .config import StageResult, TrainConfig
 from .data import TrainingData
@@ -114,7 +114,7 @@ def train_stage(stage: int, cfg: TrainConfig, progress: bool = True) -> StageRes
     for m in objective.extra_modules().values():
         m.train()
     device = model.device
-    use_autocast = cfg.autocast == "bf16"
+    use_autocast = resolve_autocast(cfg.autocast, device)
 
     losses: list[float] = []
     metrics_file = (stage_dir / "metrics.jsonl").open("a")

@@ -1,0 +1,110 @@
+"""The shape every stage shares: token check, metrics and typed errors around each RPC method.
+
+A stage method is called two ways: by Serve's gRPC proxy (with `grpc_context`) and by the gateway
+through a deployment handle (without). Either way it returns the response message or raises
+ServiceError; over gRPC the error also becomes the call's status and trailing ErrorDetail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from ray.exceptions import RayTaskError
+from ray.serve.exceptions import BackPressureError
+
+from molm3d_core.errors import ErrorCode, MoleculeError
+
+from .auth import DEFAULT_TOKEN_ENV, check_grpc, configured_token
+from .errors import ServiceError, set_status
+from .metrics import StageMetrics
+
+log = logging.getLogger("molm3d.services")
+
+
+class Stage:
+    stage = "stage"
+
+    def _init_stage(self, token_env: str = DEFAULT_TOKEN_ENV) -> None:
+        self.metrics = StageMetrics(self.stage)
+        self.token = configured_token(token_env)
+
+    def as_service_error(self, exc: BaseException) -> ServiceError:
+        if isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), BaseException):
+            exc = exc.cause
+        if isinstance(exc, ServiceError):
+            return exc
+        if isinstance(exc, MoleculeError):
+            return ServiceError.invalid(exc, self.stage)
+        if isinstance(exc, BackPressureError):
+            return ServiceError.make(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "overloaded",
+                f"a downstream stage is at its queue limit: {exc}",
+                self.stage,
+            )
+        if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+            return ServiceError.make(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded", "the request's deadline passed", self.stage
+            )
+        log.exception("%s: internal error", self.stage, exc_info=exc)
+        return ServiceError.make(grpc.StatusCode.INTERNAL, "internal", f"{type(exc).__name__}: {exc}", self.stage)
+
+    async def __call__(self, request: Any) -> Any:
+        """HTTP to an inner stage: only the gateway speaks HTTP."""
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(
+            {
+                "error": {
+                    "status": "NOT_FOUND",
+                    "message": f"the {self.stage} stage answers gRPC only; use the gateway's HTTP API",
+                }
+            },
+            status_code=404,
+        )
+
+    def _fail(self, exc: BaseException, grpc_context: Any) -> ServiceError:
+        err = self.as_service_error(exc)
+        self.metrics.error(err.code_name, err.detail.code)
+        set_status(grpc_context, err)
+        return err
+
+
+def invalid_request(message: str, record_id: str = "") -> MoleculeError:
+    return MoleculeError(ErrorCode.INVALID_REQUEST, message, record_id or None)
+
+
+def rpc(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Wrap a unary RPC method of a Stage (see the module docstring)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Stage, request: Any, grpc_context: Any = None) -> Any:
+        with self.metrics.request(fn.__name__):
+            try:
+                check_grpc(grpc_context, self.token, self.stage)
+                return await fn(self, request, grpc_context)
+            except Exception as exc:
+                raise self._fail(exc, grpc_context) from None
+
+    return wrapper
+
+
+def rpc_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    """Wrap a server-streaming RPC method of a Stage."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Stage, request: Any, grpc_context: Any = None) -> AsyncIterator[Any]:
+        with self.metrics.request(fn.__name__):
+            try:
+                check_grpc(grpc_context, self.token, self.stage)
+                async for item in fn(self, request, grpc_context):
+                    yield item
+            except Exception as exc:
+                raise self._fail(exc, grpc_context) from None
+
+    return wrapper

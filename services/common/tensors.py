@@ -1,0 +1,38 @@
+"""Tensors on the wire: molm3d.v1.Tensor = shape + dtype + packed little-endian bytes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from molm3d.v1 import common_pb2
+
+_WIRE = {"float32": "<f4", "float16": "<f2", "bfloat16": "<i2"}  # numpy has no bfloat16: ship its bits
+
+
+def to_proto(t: torch.Tensor) -> common_pb2.Tensor:
+    t = t.detach().cpu().contiguous()
+    dtype = str(t.dtype).removeprefix("torch.")
+    if dtype not in _WIRE:
+        raise ValueError(f"unsupported tensor dtype {dtype}; expected one of {sorted(_WIRE)}")
+    arr = (t.view(torch.int16) if dtype == "bfloat16" else t).numpy()
+    return common_pb2.Tensor(shape=list(t.shape), dtype=dtype, data=arr.astype(_WIRE[dtype], copy=False).tobytes())
+
+
+def from_proto(msg: common_pb2.Tensor) -> torch.Tensor:
+    """The tensor; ValueError for an unknown dtype or data that does not fit the shape."""
+    if msg.dtype not in _WIRE:
+        raise ValueError(f"unsupported tensor dtype {msg.dtype!r}; expected one of {sorted(_WIRE)}")
+    shape = tuple(msg.shape)
+    itemsize = np.dtype(_WIRE[msg.dtype]).itemsize
+    if any(d < 0 for d in shape) or len(msg.data) != math.prod(shape) * itemsize:
+        raise ValueError(
+            f"tensor of shape {shape} and dtype {msg.dtype} needs {math.prod(shape) * itemsize} bytes, "
+            f"got {len(msg.data)}"
+        )
+    arr = np.frombuffer(msg.data, dtype=_WIRE[msg.dtype])
+    t = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=True))
+    if msg.dtype == "bfloat16":
+        t = t.view(torch.bfloat16)
+    return t.reshape(shape)

@@ -1,0 +1,117 @@
+"""Conformer stage (CPU): one molecule's text -> a 3D conformer, with an InChIKey-keyed LRU cache.
+
+Generated conformers are cached under (InChIKey, canonical SMILES): the SMILES guards against
+standard InChI merging tautomers. Coordinates that came with the input (SDF/MOL/XYZ/PDB in 3D) are
+the user's and are never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Any
+
+from molm3d.v1 import common_pb2
+from ray import serve
+from rdkit import Chem
+
+from molm3d_core.chem import ConformerOptions, InputLimits, MoleculeRecord, generate_conformer, parse_text
+from molm3d_core.errors import MoleculeError
+
+from ..common.stage import Stage, invalid_request, rpc
+
+
+def parse_one(molecule: common_pb2.MoleculeInput, limits: InputLimits) -> MoleculeRecord:
+    """The single record of a MoleculeInput; MoleculeError for none, several, or a bad one."""
+    fmt = molecule.format.strip().lower() or "smiles"
+    rid = molecule.id or None
+    if not molecule.text.strip():
+        raise invalid_request("molecule text is empty", molecule.id)
+    results = list(parse_text(molecule.text, fmt, record_id=rid or "molecule", limits=limits))
+    if len(results) != 1:
+        raise invalid_request(f"expected one molecule, got {len(results)} records", molecule.id)
+    result = results[0]
+    if isinstance(result, MoleculeError):
+        raise result.with_record(rid) if rid else result
+    if rid:
+        result.record_id = rid
+    return result
+
+
+def conformer_message(record: MoleculeRecord, conformer: Any) -> common_pb2.Conformer:
+    elements, coords = conformer.heavy_atoms()
+    return common_pb2.Conformer(
+        record_id=record.record_id,
+        smiles=record.smiles,
+        inchikey=record.inchikey or "",
+        source_format=record.source_format,
+        elements=elements,
+        coordinates=coords.reshape(-1).tolist(),
+        method=conformer.method,
+        warnings=[*record.warnings, *conformer.warnings],
+        molblock=Chem.MolToMolBlock(conformer.mol, forceV3000=True),
+    )
+
+
+@serve.deployment(name="Conformer")
+class ConformerStage(Stage):
+    stage = "conformer"
+
+    def __init__(self) -> None:
+        self.reconfigure({})
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
+        self.limits = InputLimits(max_heavy_atoms=int(config.get("max_heavy_atoms", 256)))
+        self.options = ConformerOptions(
+            n_conformers=int(config.get("n_conformers", 1)),
+            seed=int(config.get("seed", 42)),
+            timeout_s=int(config.get("timeout_s", 60)),
+        )
+        self.cache_size = int(config.get("cache_size", 10_000))
+        self.cache: OrderedDict[tuple[str, str], common_pb2.Conformer] = OrderedDict()
+
+    def _generate(self, record: MoleculeRecord) -> common_pb2.Conformer:
+        cacheable = not (record.has_3d and self.options.use_input_3d) and record.inchikey and self.cache_size > 0
+        key = (record.inchikey or "", record.smiles)
+        if cacheable and key in self.cache:
+            self.cache.move_to_end(key)
+            self.metrics.cache_lookup(True)
+            cached = self.cache[key]
+            out = common_pb2.Conformer()
+            out.CopyFrom(cached)
+            out.record_id, out.source_format = record.record_id, record.source_format
+            del out.warnings[:]
+            out.warnings.extend([*record.warnings, *cached.warnings])
+            return out
+        try:
+            conformer = generate_conformer(record, self.options)
+        except MoleculeError as err:
+            raise err.with_record(record.record_id) from None
+        message = conformer_message(record, conformer)
+        if cacheable:
+            self.metrics.cache_lookup(False)
+            stored = common_pb2.Conformer()
+            stored.CopyFrom(message)
+            del stored.warnings[:]
+            stored.warnings.extend(conformer.warnings)  # the record's own warnings are per request
+            self.cache[key] = stored
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        return message
+
+    @rpc
+    async def Generate(self, request: common_pb2.MoleculeInput, grpc_context: Any = None) -> common_pb2.Conformer:
+        record = parse_one(request, self.limits)
+        # RDKit work off the event loop, so health checks and queued requests are still answered.
+        return await asyncio.to_thread(self._generate, record)
+
+    async def ready(self) -> bool:
+        return True
+
+
+def build(args: dict[str, Any] | None = None) -> serve.Application:
+    return ConformerStage.bind()
+
+
+app = ConformerStage.bind()

@@ -1,0 +1,99 @@
+"""Encoder stage (small GPU): conformer -> Uni-Mol -> Q-Former -> molecule tokens + retrieval embedding.
+
+Concurrent requests are batched (`@serve.batch`); the LM's weights are never loaded here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from molm3d.v1 import encoder_pb2
+from ray import serve
+
+from molm3d_core.chem import MoleculeFeatures, collate, featurize_atoms
+from molm3d_core.errors import MoleculeError
+
+from ..common.model import load_stage_model, model_settings
+from ..common.stage import Stage, invalid_request, rpc
+from ..common.tensors import to_proto
+
+MAX_TEXT_CHARS = 4_000
+
+
+@serve.deployment(name="Encoder")
+class EncoderStage(Stage):
+    stage = "encoder"
+
+    def __init__(self) -> None:
+        self._settings: tuple[Any, ...] | None = None
+        self.reconfigure({})
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
+        if model_settings(config) != self._settings:
+            self.model, self.info = load_stage_model(config, with_lm=False)
+            self._settings = model_settings(config)
+        self._encode_batch.set_max_batch_size(int(config.get("max_batch_size", 32)))
+        self._encode_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.01)))
+
+    @rpc
+    async def Encode(
+        self, request: encoder_pb2.EncodeRequest, grpc_context: Any = None
+    ) -> encoder_pb2.MoleculeEncoding:
+        c = request.conformer
+        if not c.elements:
+            raise invalid_request("conformer has no atoms", c.record_id)
+        if len(c.coordinates) != 3 * len(c.elements):
+            raise invalid_request(
+                f"{len(c.elements)} atoms need {3 * len(c.elements)} coordinates, got {len(c.coordinates)}", c.record_id
+            )
+        coords = np.asarray(c.coordinates, dtype=np.float32).reshape(-1, 3)
+        try:
+            features = featurize_atoms(list(c.elements), coords, max_atoms=self.model.config.max_atoms)
+        except MoleculeError as err:
+            raise err.with_record(c.record_id) from None
+        tokens, embedding = await self._encode_batch(features)
+        return encoder_pb2.MoleculeEncoding(
+            record_id=c.record_id,
+            molecule_tokens=to_proto(tokens),
+            retrieval_embedding=to_proto(embedding),
+            model_id=self.info.model_id,
+        )
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _encode_batch(self, items: list[MoleculeFeatures]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        self.metrics.batch(len(items))
+        return await asyncio.to_thread(self._encode, items)
+
+    @torch.no_grad()
+    def _encode(self, items: list[MoleculeFeatures]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        m = self.model
+        queries = m.query_molecules(collate(items))
+        tokens = m.llm_proj(queries)  # = MoLM3D.molecule_tokens
+        embeddings = F.normalize(m.graph_proj(queries), dim=-1)  # = MoLM3D.embed_molecules
+        return list(zip(tokens.cpu(), embeddings.float().cpu(), strict=True))
+
+    @rpc
+    async def EncodeText(
+        self, request: encoder_pb2.EncodeTextRequest, grpc_context: Any = None
+    ) -> encoder_pb2.TextEncoding:
+        if not request.text.strip():
+            raise invalid_request("text is empty")
+        if len(request.text) > MAX_TEXT_CHARS:
+            raise invalid_request(f"text has {len(request.text)} characters; the limit is {MAX_TEXT_CHARS}")
+        embedding = await asyncio.to_thread(self._embed_text, request.text)
+        return encoder_pb2.TextEncoding(retrieval_embedding=to_proto(embedding), model_id=self.info.model_id)
+
+    @torch.no_grad()
+    def _embed_text(self, text: str) -> torch.Tensor:
+        return self.model.embed_texts([text])[0].float().cpu()
+
+    async def ready(self) -> bool:
+        return True
+
+
+app = EncoderStage.bind()

@@ -1,0 +1,231 @@
+"""Gateway: the public API. Chains conformer -> encoder -> lm (Caption, Ask, streaming variants) and
+encoder -> retrieval (Retrieve) through deployment handles; serves gRPC (Molm3DService and
+grpc.health.v1.Health) and HTTP JSON (see http.py).
+
+Per-request deadline: metadata `molm3d-timeout-ms` (HTTP header `x-molm3d-timeout-ms`), capped by and
+defaulting to `request_timeout_s`; past it the call fails with DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2
+from molm3d.v1 import common_pb2, encoder_pb2, gateway_pb2, lm_pb2, retrieval_pb2
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from molm3d_core.prompts import CAPTION_INSTRUCTION, parse_number
+
+from ..common.errors import ServiceError
+from ..common.stage import Stage, invalid_request, rpc, rpc_stream
+from .http import handle_http
+
+T = TypeVar("T")
+
+# stage -> (application, deployment) in serve.yaml
+STAGES = {
+    "conformer": ("conformer", "Conformer"),
+    "encoder": ("encoder", "Encoder"),
+    "lm": ("lm", "LM"),
+    "retrieval": ("retrieval", "Retrieval"),
+}
+MAX_QUESTION_CHARS = 2_000
+MAX_K = 1_000
+
+
+def _request_id() -> str:
+    from ray.serve.context import _get_serve_request_context  # Serve's own id, carried to every stage
+
+    return _get_serve_request_context().request_id
+
+
+@serve.deployment(name="Gateway")
+class GatewayStage(Stage):
+    stage = "gateway"
+
+    def __init__(self) -> None:
+        self.reconfigure({})
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
+        self.request_timeout_s = float(config.get("request_timeout_s", 120))
+        apps = {**{k: v[0] for k, v in STAGES.items()}, **config.get("applications", {})}
+        self.handles: dict[str, DeploymentHandle] = {
+            stage: serve.get_deployment_handle(deployment, app_name=apps[stage])
+            for stage, (_, deployment) in STAGES.items()
+        }
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _timeout(self, grpc_context: Any, header: str | None = None) -> float:
+        raw = header
+        if grpc_context is not None:
+            raw = dict(grpc_context.invocation_metadata()).get("molm3d-timeout-ms")
+        if raw:
+            try:
+                return min(self.request_timeout_s, max(0.001, float(raw) / 1000))
+            except ValueError:
+                raise invalid_request(f"molm3d-timeout-ms must be a number of milliseconds, got {raw!r}") from None
+        return self.request_timeout_s
+
+    async def _within(self, work: Awaitable[T], timeout_s: float) -> T:
+        return await asyncio.wait_for(work, timeout_s)
+
+    async def _encode(self, molecule: common_pb2.MoleculeInput) -> tuple[common_pb2.Conformer, Any]:
+        conformer = await self.handles["conformer"].Generate.remote(molecule)
+        encoding = await self.handles["encoder"].Encode.remote(encoder_pb2.EncodeRequest(conformer=conformer))
+        return conformer, encoding
+
+    def _generate_request(
+        self, instruction: str, conformer: Any, encoding: Any, decoding: common_pb2.DecodingOptions
+    ) -> lm_pb2.GenerateRequest:
+        return lm_pb2.GenerateRequest(
+            instruction=instruction,
+            smiles=conformer.smiles,
+            molecule_tokens=encoding.molecule_tokens,
+            decoding=decoding,
+        )
+
+    @staticmethod
+    def _answer(
+        conformer: Any, encoding: Any, text: str, num_tokens: int, finish_reason: str, ask: bool
+    ) -> gateway_pb2.Answer:
+        answer = gateway_pb2.Answer(
+            record_id=conformer.record_id,
+            smiles=conformer.smiles,
+            inchikey=conformer.inchikey,
+            conformer_method=conformer.method,
+            warnings=list(conformer.warnings),
+            text=text,
+            num_tokens=num_tokens,
+            finish_reason=finish_reason,
+            model_id=encoding.model_id,
+            request_id=_request_id(),
+        )
+        number = parse_number(text) if ask else None
+        if number is not None:
+            answer.has_value, answer.value, answer.unit = True, number.value, number.unit or ""
+        return answer
+
+    @staticmethod
+    def _question(request: gateway_pb2.AskRequest) -> str:
+        question = request.question.strip()
+        if not question:
+            raise invalid_request("question is empty", request.molecule.id)
+        if len(question) > MAX_QUESTION_CHARS:
+            raise invalid_request(f"question has {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
+        return question
+
+    async def _complete(self, molecule: Any, instruction: str, decoding: Any, ask: bool) -> gateway_pb2.Answer:
+        conformer, encoding = await self._encode(molecule)
+        request = self._generate_request(instruction, conformer, encoding, decoding)
+        result = await self.handles["lm"].Generate.remote(request)
+        return self._answer(conformer, encoding, result.text, result.num_tokens, result.finish_reason, ask)
+
+    async def _stream(
+        self, molecule: Any, instruction: str, decoding: Any, ask: bool, timeout_s: float
+    ) -> AsyncIterator[gateway_pb2.AnswerChunk]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        conformer, encoding = await self._within(self._encode(molecule), timeout_s)
+        request = self._generate_request(instruction, conformer, encoding, decoding)
+        chunks = self.handles["lm"].options(stream=True).GenerateStream.remote(request)
+        text, last = "", None
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), max(0.001, deadline - loop.time()))
+            except StopAsyncIteration:
+                break
+            text += chunk.text
+            last = chunk
+            if chunk.text:
+                yield gateway_pb2.AnswerChunk(text=chunk.text)
+        if last is None:
+            raise ServiceError.make(
+                grpc.StatusCode.INTERNAL, "internal", "the LM stream ended without a result", self.stage
+            )
+        yield gateway_pb2.AnswerChunk(
+            answer=self._answer(conformer, encoding, text, last.num_tokens, last.finish_reason, ask)
+        )
+
+    # -- gRPC: molm3d.v1.Molm3DService ------------------------------------------------------------------
+
+    @rpc
+    async def Caption(self, request: gateway_pb2.CaptionRequest, grpc_context: Any = None) -> gateway_pb2.Answer:
+        work = self._complete(request.molecule, CAPTION_INSTRUCTION, request.decoding, ask=False)
+        return await self._within(work, self._timeout(grpc_context))
+
+    @rpc
+    async def Ask(self, request: gateway_pb2.AskRequest, grpc_context: Any = None) -> gateway_pb2.Answer:
+        work = self._complete(request.molecule, self._question(request), request.decoding, ask=True)
+        return await self._within(work, self._timeout(grpc_context))
+
+    @rpc_stream
+    async def CaptionStream(self, request: gateway_pb2.CaptionRequest, grpc_context: Any = None):
+        timeout_s = self._timeout(grpc_context)
+        async for chunk in self._stream(request.molecule, CAPTION_INSTRUCTION, request.decoding, False, timeout_s):
+            yield chunk
+
+    @rpc_stream
+    async def AskStream(self, request: gateway_pb2.AskRequest, grpc_context: Any = None):
+        timeout_s = self._timeout(grpc_context)
+        async for chunk in self._stream(request.molecule, self._question(request), request.decoding, True, timeout_s):
+            yield chunk
+
+    @rpc
+    async def Retrieve(
+        self, request: gateway_pb2.RetrieveRequest, grpc_context: Any = None
+    ) -> gateway_pb2.RetrieveResponse:
+        return await self._within(self._retrieve(request), self._timeout(grpc_context))
+
+    async def _retrieve(self, request: gateway_pb2.RetrieveRequest) -> gateway_pb2.RetrieveResponse:
+        k = request.k or 20
+        if not 1 <= k <= MAX_K:
+            raise invalid_request(f"k must be in 1..{MAX_K}, got {k}")
+        which = request.WhichOneof("query")
+        if which == "molecule":
+            _, encoding = await self._encode(request.molecule)
+            search = retrieval_pb2.SearchRequest(molecule_embedding=encoding.retrieval_embedding, k=k)
+        elif which == "text":
+            encoded = await self.handles["encoder"].EncodeText.remote(encoder_pb2.EncodeTextRequest(text=request.text))
+            search = retrieval_pb2.SearchRequest(text_embedding=encoded.retrieval_embedding, k=k)
+        else:
+            raise invalid_request("give a molecule or a text to retrieve with")
+        found = await self.handles["retrieval"].Search.remote(search)
+        return gateway_pb2.RetrieveResponse(
+            hits=list(found.hits), index_version=found.index_version, request_id=_request_id()
+        )
+
+    # -- health ---------------------------------------------------------------------------------------
+
+    async def stages_ready(self, timeout_s: float = 5.0) -> dict[str, bool]:
+        async def one(handle: DeploymentHandle) -> bool:
+            try:
+                return bool(await asyncio.wait_for(handle.ready.remote(), timeout_s))
+            except Exception:
+                return False
+
+        names = list(self.handles)
+        states = await asyncio.gather(*(one(self.handles[n]) for n in names))
+        return dict(zip(names, states, strict=True))
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context: Any = None):
+        """grpc.health.v1.Health/Check: SERVING once every stage answers."""
+        ready = all((await self.stages_ready()).values())
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def ready(self) -> bool:
+        return True
+
+    # -- HTTP JSON ------------------------------------------------------------------------------------
+
+    async def __call__(self, request: Any) -> Any:
+        return await handle_http(self, request)
+
+
+app = GatewayStage.bind()

@@ -1,0 +1,115 @@
+"""HTTP JSON face of the gateway: the same methods as gRPC, JSON in the protobuf JSON mapping.
+
+GET  /v1/health/live                 200 while the gateway runs
+GET  /v1/health/ready                200 once every stage answers, else 503
+POST /v1/caption | /v1/ask | /v1/retrieve        CaptionRequest | AskRequest | RetrieveRequest -> JSON
+POST /v1/caption:stream | /v1/ask:stream         NDJSON lines of AnswerChunk
+Headers: `authorization: Bearer <token>` when a token is configured; `x-molm3d-timeout-ms`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from molm3d.v1 import gateway_pb2
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ..common.errors import ServiceError
+
+_HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+_ROUTES = {
+    "/v1/caption": ("Caption", gateway_pb2.CaptionRequest),
+    "/v1/ask": ("Ask", gateway_pb2.AskRequest),
+    "/v1/retrieve": ("Retrieve", gateway_pb2.RetrieveRequest),
+    "/v1/caption:stream": ("CaptionStream", gateway_pb2.CaptionRequest),
+    "/v1/ask:stream": ("AskStream", gateway_pb2.AskRequest),
+}
+
+
+class HttpCallContext:
+    """The part of a gRPC context the stage wrappers use, filled from HTTP headers."""
+
+    def __init__(self, headers: Any) -> None:
+        self.metadata = [
+            ("authorization", headers.get("authorization", "")),
+            ("molm3d-timeout-ms", headers.get("x-molm3d-timeout-ms", "")),
+        ]
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in self.metadata if v]
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        pass
+
+    def set_details(self, details: str) -> None:
+        pass
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        pass
+
+
+def error_response(err: ServiceError) -> JSONResponse:
+    detail = json_format.MessageToDict(err.detail, preserving_proto_field_name=True)
+    return JSONResponse({"error": {"status": err.code_name, **detail}}, status_code=_HTTP_STATUS.get(err.status, 500))
+
+
+def _json(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+async def handle_http(gateway: Any, request: Request) -> Response:
+    path = request.url.path.rstrip("/")
+    if request.method == "GET" and path == "/v1/health/live":
+        return JSONResponse({"status": "live"})
+    if request.method == "GET" and path == "/v1/health/ready":
+        stages = await gateway.stages_ready()
+        ok = all(stages.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "stages": stages}, status_code=200 if ok else 503
+        )
+    if path not in _ROUTES:
+        return JSONResponse(
+            {"error": {"status": "NOT_FOUND", "message": f"no route {request.method} {path}"}}, status_code=404
+        )
+    if request.method != "POST":
+        return JSONResponse({"error": {"status": "METHOD_NOT_ALLOWED", "message": "use POST"}}, status_code=405)
+    method, message_type = _ROUTES[path]
+    context = HttpCallContext(request.headers)
+    try:
+        message = json_format.ParseDict(json.loads(await request.body() or b"{}"), message_type())
+    except (json.JSONDecodeError, json_format.ParseError, UnicodeDecodeError) as err:
+        bad = ServiceError.make(grpc.StatusCode.INVALID_ARGUMENT, "invalid_request", f"bad JSON body: {err}", "gateway")
+        return error_response(bad)
+    call = getattr(gateway, method)
+    if not method.endswith("Stream"):
+        try:
+            return JSONResponse(_json(await call(message, context)))
+        except ServiceError as err:
+            return error_response(err)
+
+    stream = call(message, context)
+    try:  # fail with a status code before the 200 header when the first chunk is already an error
+        first = await stream.__anext__()
+    except ServiceError as err:
+        return error_response(err)
+
+    async def lines():
+        yield json.dumps(_json(first)) + "\n"
+        try:
+            async for chunk in stream:
+                yield json.dumps(_json(chunk)) + "\n"
+        except ServiceError as err:
+            yield json.dumps({"error": {"status": err.code_name, **_json(err.detail)}}) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

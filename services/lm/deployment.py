@@ -1,0 +1,180 @@
+"""LM stage (large GPU): prompt + molecule tokens -> text, batched, EOS-stopped, streamed on request.
+
+Concurrent Generate calls are batched (`@serve.batch`); within a batch, requests with the same
+decoding options run as one model call. GenerateStream decodes its request alone and sends text
+as tokens arrive (greedy only, a transformers limit: with beams the text comes in one chunk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from molm3d.v1 import lm_pb2
+from ray import serve
+from transformers.generation.streamers import BaseStreamer
+
+from molm3d_core.models import DecodingOptions, Generation
+
+from ..common.model import load_stage_model, model_settings
+from ..common.stage import Stage, invalid_request, rpc, rpc_stream
+from ..common.tensors import from_proto
+
+
+@dataclass
+class _Job:
+    prompt: str
+    mol: torch.Tensor | None  # (Q, H)
+    decoding: DecodingOptions
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        d = self.decoding
+        return (d.num_beams, d.max_new_tokens, d.repetition_penalty, d.length_penalty)
+
+
+class _QueueStreamer(BaseStreamer):
+    """Hands each decoding step's token ids from the generating thread to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+        self.loop, self.queue, self.prompt_seen = loop, queue, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # transformers first passes the prompt ids
+            self.prompt_seen = True
+            return
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
+@serve.deployment(name="LM")
+class LMStage(Stage):
+    stage = "lm"
+
+    def __init__(self) -> None:
+        self._settings: tuple[Any, ...] | None = None
+        self.reconfigure({})
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
+        if model_settings(config) != self._settings:
+            self.model, self.info = load_stage_model(config, with_lm=True)
+            self._settings = model_settings(config)
+        self.default_max_new_tokens = int(config.get("default_max_new_tokens", 128))
+        self.max_new_tokens_limit = int(config.get("max_new_tokens_limit", 512))
+        self.max_beams = int(config.get("max_beams", 5))
+        self.max_instruction_chars = int(config.get("max_instruction_chars", 2_000))
+        self._generate_batch.set_max_batch_size(int(config.get("max_batch_size", 16)))
+        self._generate_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.02)))
+
+    def _job(self, request: lm_pb2.GenerateRequest) -> _Job:
+        """Validate a request against this model and the per-request limits."""
+        instruction = request.instruction.strip()
+        if not instruction:
+            raise invalid_request("instruction is empty")
+        if len(instruction) > self.max_instruction_chars:
+            raise invalid_request(
+                f"instruction has {len(instruction)} characters; the limit is {self.max_instruction_chars}"
+            )
+        d = request.decoding
+        max_new = d.max_new_tokens or self.default_max_new_tokens
+        beams = d.num_beams or 1
+        if not 1 <= max_new <= self.max_new_tokens_limit:
+            raise invalid_request(f"max_new_tokens must be in 1..{self.max_new_tokens_limit}, got {max_new}")
+        if not 1 <= beams <= self.max_beams:
+            raise invalid_request(f"num_beams must be in 1..{self.max_beams}, got {beams}")
+        decoding = DecodingOptions(
+            num_beams=beams,
+            max_new_tokens=max_new,
+            repetition_penalty=d.repetition_penalty or 1.0,
+            length_penalty=d.length_penalty or 1.0,
+        )
+        m = self.model
+        mol = None
+        if m.config.molecule_tokens:
+            if not request.HasField("molecule_tokens"):
+                raise invalid_request("this model needs molecule_tokens (from EncoderService.Encode)")
+            try:
+                mol = from_proto(request.molecule_tokens)
+            except ValueError as err:
+                raise invalid_request(f"molecule_tokens: {err}") from None
+            want = (m.num_query_tokens, m.lm.hidden_size)
+            if tuple(mol.shape) != want:
+                raise invalid_request(f"molecule_tokens must have shape {want}, got {tuple(mol.shape)}")
+        return _Job(m.prompt(instruction, request.smiles), mol, decoding)
+
+    def _run(self, jobs: list[_Job], streamer: BaseStreamer | None = None) -> list[Generation]:
+        m = self.model
+        mol = None
+        if jobs[0].mol is not None:
+            mol = torch.stack([j.mol for j in jobs]).to(m.device, dtype=m.llm_proj.weight.dtype)
+        return m.lm.generate([j.prompt for j in jobs], mol, jobs[0].decoding, streamer=streamer)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+    async def _generate_batch(self, jobs: list[_Job]) -> list[Generation]:
+        self.metrics.batch(len(jobs))
+        groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            groups[job.key].append(i)
+        results: list[Generation | None] = [None] * len(jobs)
+        for indices in groups.values():
+            gens = await asyncio.to_thread(self._run, [jobs[i] for i in indices])
+            for i, g in zip(indices, gens, strict=True):
+                results[i] = g
+        return results  # type: ignore[return-value]
+
+    @rpc
+    async def Generate(self, request: lm_pb2.GenerateRequest, grpc_context: Any = None) -> lm_pb2.GenerateResult:
+        g = await self._generate_batch(self._job(request))
+        return lm_pb2.GenerateResult(text=g.text, num_tokens=g.num_tokens, finish_reason=g.finish_reason)
+
+    @rpc_stream
+    async def GenerateStream(self, request: lm_pb2.GenerateRequest, grpc_context: Any = None):
+        job = self._job(request)
+        if job.decoding.num_beams > 1:
+            g = await self._generate_batch(job)
+            yield lm_pb2.TokenChunk(text=g.text, num_tokens=g.num_tokens, finish_reason=g.finish_reason)
+            return
+        self.metrics.batch(1)
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        result: list[Generation] = []
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                result.extend(self._run([job], _QueueStreamer(loop, queue)))
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        threading.Thread(target=work, name="lm-stream", daemon=True).start()
+        tokenizer, eos = self.model.lm.tokenizer, self.model.lm.tokenizer.eos_token_id
+        ids: list[int] = []
+        sent = ""
+        while (step := await queue.get()) is not None:
+            ids.extend(step)
+            stop = ids.index(eos) if eos in ids else len(ids)
+            text = tokenizer.decode(ids[:stop], skip_special_tokens=True).strip()
+            # Hold back trailing whitespace (the final text is stripped) and a partial multi-byte character.
+            if text.startswith(sent) and len(text) > len(sent) and not text.endswith("\ufffd"):
+                yield lm_pb2.TokenChunk(text=text[len(sent) :], num_tokens=len(ids))
+                sent = text
+        if failure:
+            raise failure[0]
+        g = result[0]
+        # The last chunk completes the text so that the chunks add up to Generate's text exactly.
+        rest = g.text[len(sent) :] if g.text.startswith(sent) else g.text
+        yield lm_pb2.TokenChunk(text=rest, num_tokens=g.num_tokens, finish_reason=g.finish_reason)
+
+    async def ready(self) -> bool:
+        return True
+
+
+app = LMStage.bind()

@@ -1,0 +1,107 @@
+"""Start and stop the local stack from a Serve config (serve.yaml): Ray without dashboard, Serve's
+HTTP and gRPC proxies, every application; `wait_ready` returns once all are RUNNING."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("molm3d.services")
+DEFAULT_CONFIG = Path(__file__).with_name("serve.yaml")
+
+
+def load_config(path: str | Path | None = None) -> dict[str, Any]:
+    return yaml.safe_load(Path(path or DEFAULT_CONFIG).read_text())
+
+
+def override(
+    config: dict[str, Any],
+    *,
+    http_host: str | None = None,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    checkpoint: str | None = None,
+    index: str | None = None,
+    deployments: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A copy of `config` with command-line overrides. `deployments` maps a deployment name to options
+    set on it (`user_config` entries are merged key by key)."""
+    config = copy.deepcopy(config)
+    if http_host is not None:
+        config["http_options"]["host"] = http_host
+    if http_port is not None:
+        config["http_options"]["port"] = http_port
+    if grpc_port is not None:
+        config["grpc_options"]["port"] = grpc_port
+    for app in config["applications"]:
+        for dep in app.get("deployments", []):
+            uc = dep.setdefault("user_config", {})
+            if checkpoint is not None and "checkpoint" in uc:
+                uc["checkpoint"] = checkpoint
+            if index is not None and "index" in uc:
+                uc["index"] = index
+            extra = copy.deepcopy((deployments or {}).get(dep["name"], {}))
+            uc.update(extra.pop("user_config", {}))
+            dep.update(extra)
+    return config
+
+
+def start(config: dict[str, Any], num_cpus: int | None = None, metrics_port: int | None = None) -> None:
+    """Start Ray (local, no dashboard) and Serve, and submit every application."""
+    import ray
+    from ray.serve._private import api as serve_api
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    if not ray.is_initialized():
+        # Logical CPUs: Serve's fractional num_cpus are scheduling hints, not core pinning.
+        # Prometheus metrics of every stage are scraped from Ray's metrics agent on `metrics_port`.
+        ray.init(
+            include_dashboard=False,
+            namespace="serve",
+            num_cpus=num_cpus or max(4, os.cpu_count() or 1),
+            _metrics_export_port=metrics_port,
+            log_to_driver=os.environ.get("MOLM3D_RAY_LOGS", "0") == "1",
+        )
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+        proxy_location=schema.proxy_location,
+    )
+    client.deploy_apps(schema)
+
+
+def wait_ready(config: dict[str, Any], timeout_s: float = 600) -> None:
+    """Block until every application is RUNNING; RuntimeError naming the failed one otherwise."""
+    from ray import serve
+
+    names = [a["name"] for a in config["applications"]]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        apps = serve.status().applications
+        states = {n: (apps[n].status if n in apps else "NOT_STARTED") for n in names}
+        failed = {n: apps[n].message for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")}
+        if failed:
+            raise RuntimeError(f"applications failed to deploy: {failed}")
+        if all(s == "RUNNING" for s in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"applications not ready after {timeout_s:.0f} s: {states}")
+        time.sleep(0.5)
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

@@ -1,0 +1,157 @@
+"""One real local stack for the serving tests: `molm3d serve` in a subprocess (Ray Serve, gRPC and
+HTTP on 127.0.0.1 test ports, a bearer token), with a tiny checkpoint; stopped with SIGTERM at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+TOKEN = "test-token-7f3a"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> set[int]:
+    """PIDs of every live process below `pid` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+class Stack:
+    def __init__(self, tmp: Path, checkpoint: Path) -> None:
+        from molm3d_services import stack
+
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        config = stack.override(
+            stack.load_config(),
+            http_port=self.http_port,
+            grpc_port=self.grpc_port,
+            checkpoint=str(checkpoint),
+            deployments={
+                "Conformer": {"user_config": {"cache_size": 100, "max_heavy_atoms": 60}},
+                # A short queue on the LM so the admission-control test can fill it.
+                "LM": {
+                    "max_ongoing_requests": 2,
+                    "max_queued_requests": 2,
+                    "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+                },
+                "Encoder": {"user_config": {"batch_wait_timeout_s": 0.05}},
+            },
+        )
+        self.config_path = tmp / "serve.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = tmp / "serve.log"
+        env = {**os.environ, "MOLM3D_API_TOKEN": TOKEN, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+        cmd = [
+            sys.executable,
+            "-m",
+            "molm3d_core.cli.main",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--num-cpus",
+            "4",
+        ]
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def wait_ready(self, timeout_s: float = 420) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"molm3d serve exited with {self.proc.returncode}:\n{self.log_path.read_text()[-4000:]}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.http}/v1/health/ready", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"stack not ready after {timeout_s} s:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self, timeout_s: float = 120) -> tuple[int, set[int]]:
+        """SIGTERM, wait; returns the exit code and the processes it left alive."""
+        below = descendants(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(alive(p) for p in below):
+            time.sleep(0.5)
+        left = {p for p in below if alive(p)}
+        for p in left:  # do not leak into the rest of the suite, whatever the assertion says
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        self.log.close()
+        return code, left
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from molm3d_core.checkpoints import save_checkpoint
+    from molm3d_core.models import MoLM3D, MoLM3DConfig
+
+    folder = tmp_path_factory.mktemp("checkpoint") / "tiny"
+    save_checkpoint(MoLM3D(MoLM3DConfig.preset_config("tiny")).eval(), folder, model_id="molm3d-tiny-test")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path):
+    stack = Stack(tmp_path_factory.mktemp("serve"), tiny_checkpoint)
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        if stack.proc.poll() is None:
+            stack.stop()

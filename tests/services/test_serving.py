@@ -1,0 +1,311 @@
+"""The served stack, end to end over real gRPC channels and HTTP (tiny model, real Ray Serve)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from molm3d.v1 import (
+    common_pb2,
+    conformer_pb2_grpc,
+    encoder_pb2,
+    encoder_pb2_grpc,
+    gateway_pb2,
+    lm_pb2,
+    lm_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+)
+
+from molm3d_services.client import GatewayClient
+from molm3d_services.common.errors import error_detail
+from molm3d_services.common.tensors import from_proto
+
+from .conftest import TOKEN
+
+ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
+AUTH = ("authorization", f"Bearer {TOKEN}")
+
+
+def meta(app: str) -> list[tuple[str, str]]:
+    return [("application", app), AUTH]
+
+
+def mol(text: str, fmt: str = "smiles", id: str = "") -> common_pb2.MoleculeInput:
+    return common_pb2.MoleculeInput(text=text, format=fmt, id=id)
+
+
+@pytest.fixture(scope="module")
+def channel(served):
+    with grpc.insecure_channel(served.target) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    c = GatewayClient(served.target, token=TOKEN, timeout_s=120)
+    yield c
+    c.close()
+
+
+def http_json(url: str, body: dict | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+# -- every stage over gRPC -------------------------------------------------------------------------
+
+
+def test_each_stage_answers_over_grpc(channel):
+    conformer = conformer_pb2_grpc.ConformerServiceStub(channel).Generate(
+        mol(ASPIRIN, id="asp"), metadata=meta("conformer")
+    )
+    assert conformer.record_id == "asp" and conformer.inchikey == "BSYNRYMUTXBXSQ-UHFFFAOYSA-N"
+    assert list(conformer.elements).count("C") == 9 and len(conformer.coordinates) == 3 * len(conformer.elements)
+    assert conformer.method.startswith("etkdg_v3") and "M  V30" in conformer.molblock
+
+    encoder = encoder_pb2_grpc.EncoderServiceStub(channel)
+    encoding = encoder.Encode(encoder_pb2.EncodeRequest(conformer=conformer), metadata=meta("encoder"))
+    tokens = from_proto(encoding.molecule_tokens)
+    embedding = from_proto(encoding.retrieval_embedding)
+    assert tokens.ndim == 2 and embedding.ndim == 2 and tokens.shape[0] == embedding.shape[0]
+    assert embedding.norm(dim=-1).sub(1).abs().max() < 1e-4  # unit vectors
+    text = from_proto(
+        encoder.EncodeText(
+            encoder_pb2.EncodeTextRequest(text="an aromatic ester"), metadata=meta("encoder")
+        ).retrieval_embedding
+    )
+    assert text.shape == (embedding.shape[1],)
+
+    lm = lm_pb2_grpc.LMServiceStub(channel)
+    request = lm_pb2.GenerateRequest(
+        instruction="Describe the input molecule.",
+        smiles=conformer.smiles,
+        molecule_tokens=encoding.molecule_tokens,
+        decoding=common_pb2.DecodingOptions(max_new_tokens=6),
+    )
+    result = lm.Generate(request, metadata=meta("lm"))
+    assert result.finish_reason in ("eos", "length") and 1 <= result.num_tokens <= 6
+
+    found = retrieval_pb2_grpc.RetrievalServiceStub(channel).Search(
+        retrieval_pb2.SearchRequest(molecule_embedding=encoding.retrieval_embedding, k=3), metadata=meta("retrieval")
+    )
+    assert len(found.hits) <= 3
+
+
+def test_gateway_equals_in_process_library(client, tiny_checkpoint):
+    from molm3d_core.checkpoints import load_model
+    from molm3d_core.chem import parse_smiles
+    from molm3d_core.models import DecodingOptions
+    from molm3d_core.pipeline import Predictor
+
+    model, info = load_model(tiny_checkpoint, device="cpu", dtype="float32")
+    predictor = Predictor(model, info, decoding=DecodingOptions(max_new_tokens=12))
+    for smiles in (ASPIRIN, "CCO"):
+        local = next(predictor.run([parse_smiles(smiles, record_id="m")], "caption"))
+        served = client.caption(mol(smiles, id="m"), max_new_tokens=12)
+        assert (served.text, served.smiles, served.conformer_method, served.finish_reason) == (
+            local["caption"],
+            local["smiles"],
+            local["conformer_method"],
+            local["finish_reason"],
+        )
+        assert served.model_id == info.model_id and served.request_id
+        asked = client.ask(mol(smiles), "What is the HOMO energy?", max_new_tokens=12)
+        local_ask = next(predictor.run([parse_smiles(smiles, record_id="m")], "ask", "What is the HOMO energy?"))
+        assert asked.text == local_ask["answer"]
+
+
+def test_streaming_yields_the_same_text(client):
+    request = gateway_pb2.CaptionRequest(molecule=mol(ASPIRIN), decoding=common_pb2.DecodingOptions(max_new_tokens=16))
+    whole = client.stub.Caption(request, metadata=client.metadata)
+    chunks = list(client.stub.CaptionStream(request, metadata=client.metadata))
+    assert chunks[-1].HasField("answer") and all(not c.HasField("answer") for c in chunks[:-1])
+    assert "".join(c.text for c in chunks) == whole.text == chunks[-1].answer.text
+    assert chunks[-1].answer.num_tokens == whole.num_tokens
+
+
+def encoder_batch_stats(metrics_port: int) -> tuple[float, float]:
+    """(model calls, requests served) of the encoder stage, from its batch-size histogram."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+
+    def total(name: str) -> float:
+        return sum(
+            float(v) for v in re.findall(rf'ray_molm3d_batch_size_{name}\{{[^}}]*stage="encoder"[^}}]*\}} (\S+)', text)
+        )
+
+    return total("count"), total("sum")
+
+
+def test_concurrent_requests_are_batched_and_answered_individually(served, channel):
+    stub = conformer_pb2_grpc.ConformerServiceStub(channel)
+    smiles = ["C" * n for n in range(1, 17)]
+    conformers = [stub.Generate(mol(s, id=s), metadata=meta("conformer")) for s in smiles]
+    encoder = encoder_pb2_grpc.EncoderServiceStub(channel)
+    calls_before, served_before = encoder_batch_stats(served.metrics_port)
+    with ThreadPoolExecutor(16) as pool:
+        encodings = list(
+            pool.map(
+                lambda c: encoder.Encode(encoder_pb2.EncodeRequest(conformer=c), metadata=meta("encoder")), conformers
+            )
+        )
+    assert [e.record_id for e in encodings] == smiles  # each got its own answer
+    alone = encoder.Encode(encoder_pb2.EncodeRequest(conformer=conformers[5]), metadata=meta("encoder"))
+    assert (from_proto(alone.molecule_tokens) - from_proto(encodings[5].molecule_tokens)).abs().max() < 1e-4
+
+    # Batching is visible in the stage's batch-size histogram (Ray exports metrics every few seconds).
+    deadline = time.monotonic() + 90
+    while True:
+        calls, requests = encoder_batch_stats(served.metrics_port)
+        if requests - served_before >= 17:
+            break
+        assert time.monotonic() < deadline, f"encoder metrics show {requests - served_before} of 17 requests"
+        time.sleep(2)
+    assert calls - calls_before < 17, f"17 requests took {calls - calls_before} model calls: no batching"
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+BAD = [
+    (mol("C1CC", id="ring"), "invalid_smiles"),
+    (mol("C" * 61, id="big"), "too_many_atoms"),
+    (mol("[Og]", id="og"), "unsupported_element"),
+    (mol("garbage\n\n\nnot a molfile\nM  END\n$$$$\n", fmt="sdf", id="sdf"), "parse_error"),
+    (mol("CCO", fmt="cml"), "unsupported_format"),
+    (mol(""), "invalid_request"),
+]
+
+
+def test_bad_inputs_get_invalid_argument_while_good_requests_succeed(client):
+    with ThreadPoolExecutor(4) as pool:
+        good = pool.submit(client.caption, mol(ASPIRIN, id="good"), max_new_tokens=24)
+        for bad, code in BAD:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.caption(bad, max_new_tokens=4)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+            assert error_detail(caught.value).code == code, caught.value.details()
+        assert good.result().record_id == "good" and good.result().text is not None
+    with pytest.raises(grpc.RpcError) as caught:
+        client.ask(mol(ASPIRIN), "   ")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as caught:
+        client.caption(mol(ASPIRIN), max_new_tokens=100_000)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_new_tokens" in caught.value.details()
+
+
+def test_unauthenticated_without_the_token(served, channel):
+    stub = conformer_pb2_grpc.ConformerServiceStub(channel)
+    for metadata in ([("application", "conformer")], [("application", "conformer"), ("authorization", "Bearer nope")]):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Generate(mol("CCO"), metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    status, body = http_json(f"{served.http}/v1/caption", {"molecule": {"text": "CCO"}}, token=None)
+    assert status == 401 and body["error"]["status"] == "UNAUTHENTICATED"
+
+
+def test_resource_exhausted_beyond_the_queue_limit(channel):
+    lm = lm_pb2_grpc.LMServiceStub(channel)
+    encoder = encoder_pb2_grpc.EncoderServiceStub(channel)
+    conformer = conformer_pb2_grpc.ConformerServiceStub(channel).Generate(mol("CCO"), metadata=meta("conformer"))
+    tokens = encoder.Encode(encoder_pb2.EncodeRequest(conformer=conformer), metadata=meta("encoder")).molecule_tokens
+    request = lm_pb2.GenerateRequest(
+        instruction="Describe the input molecule.",
+        smiles="CCO",
+        molecule_tokens=tokens,
+        decoding=common_pb2.DecodingOptions(max_new_tokens=400, num_beams=5),
+    )
+
+    def call(_: int) -> grpc.StatusCode:
+        try:
+            lm.Generate(request, metadata=meta("lm"), timeout=300)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as err:
+            return err.code()
+
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(call, range(12)))
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1, codes
+    assert codes.count(grpc.StatusCode.OK) >= 2, codes  # the admitted ones complete
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+
+
+def test_deadline_exceeded(client):
+    request = gateway_pb2.CaptionRequest(
+        molecule=mol("CCCCCCCCCCCCCCCO"), decoding=common_pb2.DecodingOptions(max_new_tokens=400)
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        client.stub.Caption(request, metadata=[*client.metadata, ("molm3d-timeout-ms", "5")])
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+# -- HTTP and health -------------------------------------------------------------------------------
+
+
+def test_http_json_and_health(served, channel):
+    status, body = http_json(f"{served.http}/v1/health/ready", token=None)
+    assert status == 200 and all(body["stages"].values())
+    status, body = http_json(
+        f"{served.http}/v1/caption", {"molecule": {"text": ASPIRIN, "id": "a"}, "decoding": {"max_new_tokens": 5}}
+    )
+    assert status == 200 and body["record_id"] == "a" and body["smiles"] == ASPIRIN
+    status, body = http_json(f"{served.http}/v1/ask", {"molecule": {"text": "C1CC"}, "question": "HOMO?"})
+    assert status == 400 and body["error"]["code"] == "invalid_smiles"
+    status, body = http_json(f"{served.http}/v1/caption", {"molecule": {"txt": "CCO"}})
+    assert status == 400 and "bad JSON body" in body["error"]["message"]
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), metadata=meta("gateway"))
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_killing_a_replica_mid_traffic_does_not_hang_clients(served, client):
+    import ray
+
+    ray.init(address="auto", namespace="serve", include_dashboard=False, log_to_driver=False)
+    try:
+        replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "Conformer" in a["name"]]
+        assert len(replicas) >= 2, replicas
+
+        def call(i: int) -> grpc.StatusCode:
+            try:
+                client.stub.Caption(
+                    gateway_pb2.CaptionRequest(
+                        molecule=mol("C" * (1 + i % 20) + "O"), decoding=common_pb2.DecodingOptions(max_new_tokens=4)
+                    ),
+                    metadata=client.metadata,
+                    timeout=60,
+                )
+                return grpc.StatusCode.OK
+            except grpc.RpcError as err:
+                return err.code()
+
+        # Two clients at a time: the test LM's queue holds four, so nothing is refused for load.
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(call, i) for i in range(30)]
+            time.sleep(0.5)
+            ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+            codes = [f.result(timeout=90) for f in futures]  # every call returns: no hang
+    finally:
+        ray.shutdown()
+    assert grpc.StatusCode.DEADLINE_EXCEEDED not in codes, codes
+    assert codes.count(grpc.StatusCode.OK) >= 25, codes
+    assert client.caption(mol("CCN"), max_new_tokens=4).smiles == "CCN"  # and the stack still serves
+
+
+def test_sigterm_stops_the_stack_and_leaves_no_processes(served):
+    code, left = served.stop()
+    assert code == 0, served.log_path.read_text()[-3000:]
+    assert not left, f"processes left behind: {sorted(left)}"
