@@ -34,10 +34,7 @@ protos:
 	touch protos/gen/python/molm3d/__init__.py protos/gen/python/molm3d/v1/__init__.py
 
 demo: setup
-	@echo "== captions (examples/molecules.smi) =="
-	$(BIN)/molm3d caption examples/molecules.smi --max-new-tokens 48
-	@echo "== answers (examples/molecules.sdf, 3D coordinates from the file) =="
-	$(BIN)/molm3d ask examples/molecules.sdf --question "What is the HOMO energy of this molecule?" --max-new-tokens 32
+	BIN=$(BIN) infra/demo.sh
 
 lint: setup
 	$(BIN)/ruff check libs services tests bench
