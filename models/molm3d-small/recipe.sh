@@ -11,7 +11,7 @@ M=.venv/bin/molm3d
 [ -f "$DATA/card.json" ] || $M data build -o "$DATA" --limit 20000 --max-heavy-atoms 64 --workers 2
 
 $M train 0 --config $CFG --data "$DATA" --output "$RUN" --steps 1500   # Uni-Mol pretraining
-$M train 1 --config $CFG --data "$DATA" --output "$RUN" --steps 200    # Q-Former: ITC + ITM + captioning
+$M train 1 --config $CFG --data "$DATA" --output "$RUN" --steps 200 --set lr=3e-4  # Q-Former: ITC + ITM + captioning
 $M train 2 --config $CFG --data "$DATA" --output "$RUN" --steps 60     # captions through the LM (LoRA)
 $M train 3 --config $CFG --data "$DATA" --output "$RUN" --steps 800    # instruction tuning, all tasks
 # Baseline (a): the same LM and LoRA, same number of LM samples (stages 2+3), SMILES-only prompts.

@@ -23,7 +23,7 @@ def _cfg(dataset, out, **kw) -> TrainConfig:
     return TrainConfig.preset_config("tiny").replace(data_dir=str(dataset), output_dir=str(out), **kw)
 
 
-@pytest.mark.parametrize(("stage", "steps", "lr"), [(0, 40, 2e-3), (1, 30, 1e-2), (2, 30, 3e-3), (3, 30, 3e-3)])
+@pytest.mark.parametrize(("stage", "steps", "lr"), [(0, 40, 2e-3), (1, 30, 1e-2), (2, 40, 2e-2), (3, 40, 2e-2)])
 def test_stage_loss_falls_on_a_memorisable_set(dataset, tmp_path, stage, steps, lr):
     cfg = _cfg(dataset, tmp_path, steps=steps, lr=lr, save_every=1000)
     result = train_stage(stage, cfg, progress=False)
@@ -109,3 +109,49 @@ def test_unknown_config_keys_are_refused(tmp_path):
     (tmp_path / "ok.toml").write_text('preset = "tiny"\nsteps = 3\ntasks = ["mw"]\n')
     cfg = TrainConfig.load(str(tmp_path / "ok.toml"))
     assert cfg.steps == 3 and cfg.tasks == ("mw",) and cfg.preset == "tiny"
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_final_checkpoint_holds_everything_that_trained(dataset, tmp_path, stage):
+    """Reloading `final` gives the trained weights back: the LM trains LoRA only (its base is referenced,
+    not saved)."""
+    cfg = _cfg(dataset, tmp_path, steps=3, lr=1e-2, save_every=1000)
+    result = train_stage(stage, cfg, progress=False)
+    trained = load_file(str(tmp_path / f"stage{stage}" / "last" / "weights.safetensors"))  # every trained tensor
+    assert not [n for n in trained if n.startswith("lm.") and "lora_" not in n]
+    model, _ = load_model(result.final_checkpoint, device="cpu", dtype="float32")
+    own = dict(model.named_parameters())
+    for name, value in trained.items():
+        if not name.startswith("pretrain_heads."):
+            torch.testing.assert_close(own[name].detach(), value, msg=name)
+
+
+def test_small_checkpoints_reference_the_bert_vocabulary(tmp_path):
+    """The small preset's checkpoint stores the [DEC] row, not MiniLM's 30,522 rows (the 60 MB budget)."""
+    from molm3d_core.models.molm3d import NEW_TEXT_ROWS, WORD_EMBEDDINGS
+
+    model = MoLM3D(MoLM3DConfig.preset_config("small"))
+    state = model.trainable_state_dict()
+    assert WORD_EMBEDDINGS not in state and state[NEW_TEXT_ROWS].shape == (1, 384)
+    with torch.no_grad():
+        model.qformer.bert.embeddings.word_embeddings.weight[-1] += 1.0  # a trained [DEC] row
+    save_checkpoint(model, tmp_path / "ck", model_id="small-test")
+    loaded, _ = load_model(tmp_path / "ck", device="cpu", dtype="float32")
+    torch.testing.assert_close(
+        loaded.qformer.bert.embeddings.word_embeddings.weight, model.qformer.bert.embeddings.word_embeddings.weight
+    )
+
+
+def test_stage1_keeps_the_bert_vocabulary_rows_frozen(dataset):
+    """Only added rows ([DEC]) of the Q-Former's word embeddings get gradients in stage 1."""
+    from molm3d_core.training.data import TrainingData
+    from molm3d_core.training.objectives import QFormerPretraining
+
+    model = MoLM3D(MoLM3DConfig.preset_config("small"), with_lm=False)
+    objective = QFormerPretraining(model, TrainConfig(), TrainingData.load(dataset))
+    names = [n for n, _ in objective.trainable()]
+    words = model.qformer.bert.embeddings.word_embeddings
+    assert "qformer.bert.embeddings.word_embeddings.weight" in names
+    rows = model.pretrained_text_rows
+    words(torch.tensor([5, 100, rows])).sum().backward()
+    assert words.weight.grad[:rows].abs().sum() == 0 and words.weight.grad[rows].abs().sum() > 0

@@ -112,7 +112,10 @@ def load_model(
         info = CheckpointInfo(model_id=f"molm3d-{preset}-untrained", trained=False)
     else:
         config = read_checkpoint_config(path)
-        model = MoLM3D(MoLM3DConfig.from_dict(config["config"]), dtype=torch_dtype, init_bert=False, with_lm=with_lm)
+        model_config = MoLM3DConfig.from_dict(config["config"])
+        # The BERT weights are needed when the checkpoint references its vocabulary rows.
+        init_bert = not model_config.qformer.train_word_embeddings
+        model = MoLM3D(model_config, dtype=torch_dtype, init_bert=init_bert, with_lm=with_lm)
         model.load_trainable_state_dict(load_file(str(path / WEIGHTS_FILE)))
         info = CheckpointInfo(
             model_id=config["model_id"],

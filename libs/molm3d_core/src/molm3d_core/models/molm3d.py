@@ -57,6 +57,8 @@ class MoLM3DConfig:
                 "num_attention_heads": 4,
                 "num_key_value_heads": 2,
                 "head_dim": 16,
+                # Wider than Llama's 0.02, so that logits of a frozen random LM can move under LoRA.
+                "initializer_range": 0.2,
             }
             return cls(
                 preset="tiny",
@@ -91,6 +93,10 @@ class MoLM3DConfig:
             qformer=QFormerConfig(**d["qformer"]),
             lm=LMConfig(**lm),
         )
+
+
+WORD_EMBEDDINGS = "qformer.bert.embeddings.word_embeddings.weight"
+NEW_TEXT_ROWS = "qformer.new_word_embeddings"  # checkpoint key: the added rows only ([DEC])
 
 
 class MoLM3D(nn.Module):
@@ -129,6 +135,7 @@ class MoLM3D(nn.Module):
         self.lm: MolLM | None = lm if with_lm else None
 
         self.text_tokenizer = None
+        self.bert_fits = False  # the BERT's weights fit (and initialise) this Q-Former
         if config.qformer.bert_path is not None:
             self.text_tokenizer = AutoTokenizer.from_pretrained(resolve_asset(config.qformer.bert_path))
             self.text_tokenizer.add_special_tokens({"bos_token": DEC_TOKEN})
@@ -137,8 +144,8 @@ class MoLM3D(nn.Module):
                     f"Q-Former vocab_size {config.qformer.vocab_size} != tokenizer size {len(self.text_tokenizer)} "
                     f"(BERT vocabulary + {DEC_TOKEN})"
                 )
-            bert_fits = config.qformer.hidden_size == _bert_hidden_size(config.qformer.bert_path)
-            if init_bert and bert_fits and not meta:
+            self.bert_fits = config.qformer.hidden_size == _bert_hidden_size(config.qformer.bert_path)
+            if init_bert and self.bert_fits and not meta:
                 self.qformer.load_bert(resolve_asset(config.qformer.bert_path))
 
     @property
@@ -232,17 +239,35 @@ class MoLM3D(nn.Module):
 
     # 4. what a checkpoint saves ---------------------------------------------------------------------
 
+    @property
+    def pretrained_text_rows(self) -> int:
+        """Leading Q-Former word-embedding rows that stay as loaded from the BERT (0: all train)."""
+        if self.config.qformer.train_word_embeddings or self.text_tokenizer is None or not self.bert_fits:
+            return 0
+        return self.text_tokenizer.vocab_size  # the BERT vocabulary, without added tokens ([DEC])
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything except the base LM's weights, which checkpoints reference by name."""
+        """Everything except the base LM's weights, which checkpoints reference by name (and the
+        pretrained Q-Former vocabulary rows, when they are kept frozen: see QFormerConfig)."""
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
+        if self.pretrained_text_rows:
+            state[NEW_TEXT_ROWS] = state.pop(WORD_EMBEDDINGS)[self.pretrained_text_rows :].clone()
         if self.lm is not None:
             state.update({f"lm.{k}": v for k, v in self.lm.trainable_state_dict().items()})
         return state
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = {k: v for k, v in state.items() if not k.startswith("lm.")}
+        own = {k: v for k, v in state.items() if not k.startswith("lm.") and k != NEW_TEXT_ROWS}
+        if NEW_TEXT_ROWS in state:  # pretrained rows come from the BERT (load with init_bert=True)
+            rows = self.pretrained_text_rows
+            if not rows:
+                raise ValueError(f"checkpoint stores only {NEW_TEXT_ROWS} but the Q-Former has no frozen BERT rows")
+            with torch.no_grad():
+                self.qformer.bert.embeddings.word_embeddings.weight[rows:] = state[NEW_TEXT_ROWS]
         result = self.load_state_dict(own, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith("lm.")]
+        if NEW_TEXT_ROWS in state:
+            missing = [k for k in missing if k != WORD_EMBEDDINGS]
         if missing or result.unexpected_keys:
             raise ValueError(
                 f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"

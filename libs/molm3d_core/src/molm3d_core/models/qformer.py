@@ -40,10 +40,13 @@ class QFormerConfig:
     cross_attention_freq: int = 2
     num_query_tokens: int = 8
     bert_path: str | None = None  # HF BERT folder (tokenizer + weights), or "packaged:all-minilm-l6-v2"
+    # False: the pretrained BERT vocabulary rows stay as loaded from `bert_path` (only added rows such
+    # as [DEC] train), so checkpoints reference them instead of storing them (~23 MB in fp16 for MiniLM).
+    train_word_embeddings: bool = False
 
     @classmethod
     def official(cls, bert_path: str | None = None) -> QFormerConfig:
-        return cls(bert_path=bert_path)
+        return cls(bert_path=bert_path, train_word_embeddings=True)  # as the reference trains them
 
     @classmethod
     def small(cls) -> QFormerConfig:

@@ -104,8 +104,13 @@ def train_stage(stage: int, cfg: TrainConfig, progress: bool = True) -> StageRes
     wanted = {id(p) for _, p in params}
     for p in [*model.parameters(), *(q for m in objective.extra_modules().values() for q in m.parameters())]:
         p.requires_grad_(id(p) in wanted)
-    decay = [p for n, p in params if p.ndim >= 2 and "query_tokens" not in n]
-    no_decay = [p for n, p in params if not (p.ndim >= 2 and "query_tokens" not in n)]
+
+    # No decay on query tokens and embeddings (decoupled decay would also shrink frozen vocabulary rows).
+    def decays(name: str, p: torch.nn.Parameter) -> bool:
+        return p.ndim >= 2 and "query_tokens" not in name and "embeddings" not in name
+
+    decay = [p for n, p in params if decays(n, p)]
+    no_decay = [p for n, p in params if not decays(n, p)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
     )

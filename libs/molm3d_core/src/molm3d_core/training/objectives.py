@@ -66,6 +66,10 @@ class Objective:
     def _params(self, *prefixes: str) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if n.startswith(prefixes)]
 
+    def _lora_params(self) -> list[tuple[str, nn.Parameter]]:
+        """The LM's LoRA weights: all that trains in the LM (the base stays frozen and referenced)."""
+        return [(n, p) for n, p in self._params("lm.") if "lora_" in n]
+
 
 class EncoderPretraining(Objective):
     stage = 0
@@ -129,6 +133,14 @@ class QFormerPretraining(Objective):
         self.dec_id = model.text_tokenizer.convert_tokens_to_ids(DEC_TOKEN)
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
+        rows = self.model.pretrained_text_rows
+        words = self.model.qformer.bert.embeddings.word_embeddings.weight
+        if rows and not getattr(words, "_molm3d_frozen_rows", False):
+            # Only added rows ([DEC]) learn; the BERT's rows stay loadable by reference (QFormerConfig).
+            mask = torch.ones(words.shape[0], 1, device=words.device)
+            mask[:rows] = 0
+            words.register_hook(lambda grad: grad * mask.to(grad.dtype))
+            words._molm3d_frozen_rows = True
         return self._params("qformer.", "ln_graph.", "graph_proj.", "text_proj.", "gtm_head.")
 
     def batch(self, step: int, micro: int) -> Batch:
@@ -193,8 +205,8 @@ class InstructionTuning(Objective):
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
         if not self.model.config.molecule_tokens:
-            return self._params("lm.")  # SMILES-only baseline: LoRA alone
-        return self._params("qformer.", "ln_graph.", "llm_proj.", "lm.")
+            return self._lora_params()  # SMILES-only baseline: LoRA alone
+        return self._params("qformer.", "ln_graph.", "llm_proj.") + self._lora_params()
 
     def batch(self, step: int, micro: int) -> Batch:
         rng = step_rng(self.cfg.seed, self.stage, step, micro)
