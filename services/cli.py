@@ -20,7 +20,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="Serve config YAML (default: the packaged services/serve.yaml)")
     p.add_argument("--checkpoint", help="checkpoint folder for encoder, lm and retrieval (default: library default)")
-    p.add_argument("--index", help="retrieval index folder (default: built-in example library)")
+    p.add_argument("--molecule-index", help="index folder searched by text (default: the example library)")
+    p.add_argument("--text-index", help="index folder searched by molecule (default: the example library)")
     p.add_argument("--http-host", help="HTTP bind address (default from the config: 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="HTTP port (default from the config: 8000)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default from the config: 9000)")
@@ -38,7 +39,8 @@ def run_serve(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         checkpoint=args.checkpoint,
-        index=args.index,
+        molecule_index=args.molecule_index,
+        text_index=args.text_index,
     )
     stop = threading.Event()
 

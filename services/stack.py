@@ -27,7 +27,8 @@ def override(
     http_port: int | None = None,
     grpc_port: int | None = None,
     checkpoint: str | None = None,
-    index: str | None = None,
+    molecule_index: str | None = None,
+    text_index: str | None = None,
     deployments: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A copy of `config` with command-line overrides. `deployments` maps a deployment name to options
@@ -44,8 +45,9 @@ def override(
             uc = dep.setdefault("user_config", {})
             if checkpoint is not None and "checkpoint" in uc:
                 uc["checkpoint"] = checkpoint
-            if index is not None and "index" in uc:
-                uc["index"] = index
+            for key, value in (("molecule_index", molecule_index), ("text_index", text_index)):
+                if value is not None and key in uc:
+                    uc[key] = value
             extra = copy.deepcopy((deployments or {}).get(dep["name"], {}))
             uc.update(extra.pop("user_config", {}))
             dep.update(extra)

@@ -1,18 +1,33 @@
 """Retrieval stage: nearest texts for a molecule embedding, nearest molecules for a text embedding.
 
-Placeholder until the FAISS index (issue #5) is wired in: exact search over the example library.
+Serves two FAISS index folders of `molm3d_core.retrieval` (`molecule_index`, `text_index` in the
+user_config; built with `molm3d index build`). Without them it indexes the small example library in
+`library/` at start. Index folders are checked against the served checkpoint (embeddings of another
+checkpoint are refused) and reloaded when a new version is published (polled every
+`reload_interval_s`; readers never see a half-written version).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from molm3d.v1 import retrieval_pb2
 from ray import serve
 
+from molm3d_core.retrieval import EmbeddingSource, RetrievalIndex, build_index
+from molm3d_core.retrieval.folder import current_version
+
+from ..common.model import load_stage_model, model_settings
 from ..common.stage import Stage, invalid_request, rpc
 from ..common.tensors import from_proto
+
+log = logging.getLogger("molm3d.services")
+LIBRARY = Path(__file__).with_name("library")
+MAX_K = 1_000
 
 
 @serve.deployment(name="Retrieval")
@@ -20,29 +35,86 @@ class RetrievalStage(Stage):
     stage = "retrieval"
 
     def __init__(self) -> None:
+        self._settings: tuple[Any, ...] | None = None
+        self._folders: dict[str, Path] = {}
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._watch: asyncio.Task | None = None
         self.reconfigure({})
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
-        self.version = "none"
+        if model_settings(config) != self._settings:
+            self.model, self.info = load_stage_model(config, with_lm=False)
+            self.source = EmbeddingSource.of(self.model, self.info)
+            self._settings = model_settings(config)
+        self.reload_interval_s = float(config.get("reload_interval_s", 10))
+        folders = {"molecules": config.get("molecule_index") or "", "texts": config.get("text_index") or ""}
+        if not all(folders.values()):
+            self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="molm3d-retrieval-")
+        for content, folder in folders.items():
+            path = Path(folder) if folder else Path(self._tmp.name) / content
+            if not folder:  # the example library, embedded by the served checkpoint
+                build_index(path, self.model, self.info, **{content: LIBRARY / _LIBRARY_FILES[content]})
+            self._folders[content] = path
+        self.indexes = {content: self._open(content) for content in self._folders}
+
+    def _open(self, content: str) -> RetrievalIndex:
+        index = RetrievalIndex.open(self._folders[content])
+        if index.content != content:
+            raise ValueError(f"{self._folders[content]} is a {index.content} index, expected {content}")
+        index.source.check_same(self.source, f"serving {self._folders[content]}")
+        return index
+
+    async def _reload_new_versions(self) -> None:
+        while True:
+            await asyncio.sleep(self.reload_interval_s)
+            for content, index in list(self.indexes.items()):
+                try:
+                    if current_version(self._folders[content]) != index.manifest.version:
+                        self.indexes[content] = await asyncio.to_thread(self._open, content)
+                        log.info(
+                            "retrieval: %s index now at version %d", content, self.indexes[content].manifest.version
+                        )
+                except Exception:
+                    log.exception("retrieval: reloading %s failed; still serving the loaded version", content)
 
     @rpc
     async def Search(
         self, request: retrieval_pb2.SearchRequest, grpc_context: Any = None
     ) -> retrieval_pb2.SearchResponse:
+        if self._watch is None:  # started on the replica's event loop
+            self._watch = asyncio.get_running_loop().create_task(self._reload_new_versions())
         which = request.WhichOneof("query")
         if which is None:
             raise invalid_request("give molecule_embedding or text_embedding")
+        k = request.k or 20
+        if not 1 <= k <= MAX_K:
+            raise invalid_request(f"k must be in 1..{MAX_K}, got {k}")
         try:
-            query = from_proto(getattr(request, which)).float()
+            query = from_proto(getattr(request, which)).float().numpy()
         except ValueError as err:
             raise invalid_request(f"{which}: {err}") from None
-        hits = await asyncio.to_thread(lambda: [])
-        del query
-        return retrieval_pb2.SearchResponse(hits=hits, index_version=self.version)
+        index = self.indexes["texts" if which == "molecule_embedding" else "molecules"]
+        want = (index.manifest.embedding_dim,) if which == "text_embedding" else (None, index.manifest.embedding_dim)
+        if query.ndim != len(want) or query.shape[-1] != want[-1]:
+            raise invalid_request(
+                f"{which} must have shape {want} (None: any number of query tokens), got {query.shape}"
+            )
+        hits = (await asyncio.to_thread(index.search, query[None], k))[0]
+        return retrieval_pb2.SearchResponse(
+            hits=[retrieval_pb2.Hit(id=h.id, score=h.score, fields=_fields(h.record)) for h in hits],
+            index_version=f"{index.content}:{index.manifest.version}",
+        )
 
     async def ready(self) -> bool:
         return True
+
+
+_LIBRARY_FILES = {"molecules": "molecules.smi", "texts": "texts.jsonl"}
+
+
+def _fields(record: dict[str, Any]) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else str(v) for k, v in record.items() if v is not None}
 
 
 app = RetrievalStage.bind()

@@ -53,7 +53,7 @@ def alive(pid: int) -> bool:
 
 
 class Stack:
-    def __init__(self, tmp: Path, checkpoint: Path) -> None:
+    def __init__(self, tmp: Path, checkpoint: Path, text_index: Path) -> None:
         from molm3d_services import stack
 
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -62,6 +62,7 @@ class Stack:
             http_port=self.http_port,
             grpc_port=self.grpc_port,
             checkpoint=str(checkpoint),
+            text_index=str(text_index),
             deployments={
                 "Conformer": {"user_config": {"cache_size": 100, "max_heavy_atoms": 60}},
                 # A short queue on the LM so the admission-control test can fill it.
@@ -71,6 +72,7 @@ class Stack:
                     "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
                 },
                 "Encoder": {"user_config": {"batch_wait_timeout_s": 0.05}},
+                "Retrieval": {"user_config": {"reload_interval_s": 1}},
             },
         )
         self.config_path = tmp / "serve.yaml"
@@ -146,9 +148,22 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def text_index(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """The example texts, indexed by the tiny checkpoint (the molecule index stays the built-in one)."""
+    from molm3d_core.checkpoints import load_model
+    from molm3d_core.retrieval import build_index
+    from molm3d_services.retrieval.deployment import LIBRARY
+
+    model, info = load_model(tiny_checkpoint, device="cpu", dtype="float32", with_lm=False)
+    folder = tmp_path_factory.mktemp("index") / "texts"
+    build_index(folder, model, info, texts=LIBRARY / "texts.jsonl")
+    return folder
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path):
-    stack = Stack(tmp_path_factory.mktemp("serve"), tiny_checkpoint)
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, text_index: Path):
+    stack = Stack(tmp_path_factory.mktemp("serve"), tiny_checkpoint, text_index)
     try:
         stack.wait_ready()
         yield stack

@@ -178,6 +178,48 @@ def test_concurrent_requests_are_batched_and_answered_individually(served, chann
     assert calls - calls_before < 17, f"17 requests took {calls - calls_before} model calls: no batching"
 
 
+# -- retrieval -------------------------------------------------------------------------------------
+
+
+def test_retrieve_by_molecule_and_by_text_equals_the_library(client, tiny_checkpoint, text_index):
+    from molm3d_core.retrieval import Retriever
+
+    local = Retriever.open(text_index, checkpoint=tiny_checkpoint, device="cpu", dtype="float32")
+    served = client.retrieve(molecule=mol(ASPIRIN), k=5)
+    expected = local.search(smiles=ASPIRIN, k=5)
+    assert served.index_version.startswith("texts:") and len(served.hits) == 5
+    assert [h.score for h in served.hits] == sorted((h.score for h in served.hits), reverse=True)
+    assert {h.id: round(h.score, 4) for h in served.hits} == {h.id: round(h.score, 4) for h in expected}
+    assert all(h.fields["text"] for h in served.hits)
+
+    by_text = client.retrieve(text="a non-steroidal anti-inflammatory drug", k=3)
+    assert by_text.index_version.startswith("molecules:") and len(by_text.hits) == 3
+    assert all(h.fields["smiles"] for h in by_text.hits)
+    with pytest.raises(grpc.RpcError) as caught:
+        client.retrieve(molecule=mol("C1CC"), k=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_retrieval_reloads_a_new_index_version(client, tiny_checkpoint, text_index, tmp_path):
+    from molm3d_core.checkpoints import load_model
+    from molm3d_core.retrieval import update_index
+
+    before = client.retrieve(molecule=mol("CCO"), k=50)
+    corpus = tmp_path / "more.jsonl"
+    corpus.write_text(json.dumps({"id": "t-new", "text": "A new description added while serving."}) + "\n")
+    model, info = load_model(tiny_checkpoint, device="cpu", dtype="float32", with_lm=False)
+    update_index(text_index, model, info, texts=corpus)
+    deadline = time.monotonic() + 30
+    while True:
+        after = client.retrieve(molecule=mol("CCO"), k=50)
+        if after.index_version != before.index_version:
+            break
+        assert time.monotonic() < deadline, "the served index never moved to the new version"
+        time.sleep(0.5)
+    assert "t-new" in {h.id for h in after.hits} and "t-new" not in {h.id for h in before.hits}
+    assert len(after.hits) == len(before.hits) + 1
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 

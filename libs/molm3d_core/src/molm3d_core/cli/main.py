@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import data, evaluate, predict, train
+from . import data, evaluate, index, predict, train
+from .plugins import add_plugin_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data.add_parser(sub)
     evaluate.add_parser(sub)
+    index.add_parser(sub)
+    index.add_retrieve_parser(sub)
+    add_plugin_commands(sub)
 
     assets = sub.add_parser("assets", help="prepare packaged model assets (one-time GGUF conversion)")
     assets.add_argument("action", choices=["prepare"])

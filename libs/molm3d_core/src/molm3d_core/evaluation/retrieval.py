@@ -10,6 +10,10 @@ of the test set). Molecule->text ranks the texts of a row, text->molecule the mo
   re-ordered; candidates outside the top-k keep their order behind them.
 Ties count against the model: the rank of the true partner is the number of *other* candidates
 scoring >= it, so a constant similarity matrix gets Acc 0 rather than 100. All scores are x100.
+
+From embeddings (`evaluate_retrieval_embeddings`, what `molm3d eval` runs), the full-test-set settings
+go through the retrieval index (`molm3d_core.retrieval`, exact "flat" kind): each text searches an
+index of the molecules and each molecule one of the texts, as a deployed index is searched.
 """
 
 from __future__ import annotations
@@ -114,17 +118,24 @@ def _top_k(block: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-block, axis=1, kind="stable")[:, :k]
 
 
-def _reranked_ranks(block: np.ndarray, candidates: np.ndarray, match: np.ndarray) -> np.ndarray:
-    """Row-wise ranks of the true partners after re-scoring the (n, k) candidates by sim + match."""
-    n = len(block)
-    rows = np.arange(n)
-    combined = block[rows[:, None], candidates] + match  # (n, k)
+def _rerank(candidates: np.ndarray, sims: np.ndarray, match: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """Ranks of the true partners (query i's is candidate i) after re-scoring (n, k) candidates by sim + match.
+
+    A partner outside the top k keeps its rank from `ranks` (>= k: all k candidates score >= it).
+    """
+    rows = np.arange(len(candidates))
+    combined = np.asarray(sims, dtype=np.float64) + match  # (n, k)
     is_true = candidates == rows[:, None]  # (n, k)
     found = is_true.any(1)
     true_score = np.where(found, (combined * is_true).sum(1), np.inf)  # (n,)
     in_top = (combined >= true_score[:, None]).sum(1) - 1
-    # A partner outside the top-k keeps its original rank (>= k: all k candidates score >= it).
-    return np.where(found, in_top, _ranks(block)[0])
+    return np.where(found, in_top, ranks)
+
+
+def _reranked_ranks(block: np.ndarray, candidates: np.ndarray, match: np.ndarray) -> np.ndarray:
+    """Row-wise ranks of the true partners after re-scoring the (n, k) candidates by sim + match."""
+    rows = np.arange(len(block))
+    return _rerank(candidates, block[rows[:, None], candidates], match, _ranks(block)[0])
 
 
 def reranked_retrieval_scores(
@@ -180,4 +191,98 @@ def evaluate_retrieval(
             sim, match_score, top_k=top_k, batch_size=batch_size, recall_k=recall_k
         )
         results["full_rerank"] = reranked_retrieval_scores(sim, match_score, top_k=top_k, recall_k=recall_k)
+    return results
+
+
+def _hit_ranks(ids: np.ndarray, scores: np.ndarray, n_candidates: int) -> np.ndarray:
+    """Ranks of the true partners (query i's is item i) from index hits (n, K), best first.
+
+    As `_ranks`: the count of other candidates scoring >= the partner. A partner missing from the K hits,
+    or tied with the last hit while more candidates exist, gets K: its rank is >= K - 1, which is all
+    that Acc and R@k (k < K) need.
+    """
+    rows = np.arange(len(ids))
+    is_true = ids == rows[:, None]
+    found = is_true.any(1)
+    true_score = np.where(found, np.where(is_true, scores, 0.0).sum(1), np.inf)  # (n,)
+    ranks = (scores >= true_score[:, None]).sum(1) - 1
+    more_ties = (ids.shape[1] < n_candidates) & (scores[:, -1] >= true_score)
+    return np.where(found & ~more_ties, ranks, ids.shape[1])
+
+
+def index_retrieval_scores(
+    mol_embeds: Any,
+    text_embeds: Any,
+    match_score: MatchScore | None = None,
+    *,
+    top_k: int = 128,
+    recall_k: int = 20,
+    pairs_per_call: int = 1024,
+) -> dict[str, RetrievalScores]:
+    """Full-test-set Acc and R@k through exact retrieval indexes: "full" and, with `match_score`, "full_rerank".
+
+    `mol_embeds` (N, Q, E) and `text_embeds` (N, E) are unit vectors, molecule i matching text i. Texts
+    search a flat index of the molecules (max over query tokens) and molecules one of the texts; the
+    re-ranked setting re-scores each query's top `top_k` hits by similarity + `match_score`, as
+    `reranked_retrieval_scores` does on a similarity matrix (same numbers, up to float rounding of ties).
+    """
+    from ..retrieval import IndexConfig, VectorIndex
+
+    mol, txt = _as_array(mol_embeds), _as_array(text_embeds)
+    if mol.ndim != 3 or txt.ndim != 2 or len(mol) != len(txt) or mol.shape[-1] != txt.shape[-1] or not len(mol):
+        raise ValueError(f"need mol_embeds (N, Q, E) and text_embeds (N, E), got {mol.shape} and {txt.shape}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    n, q, e = mol.shape
+    ids = np.arange(n, dtype=np.int64)
+    molecules = VectorIndex(IndexConfig(kind="flat", device="cpu"), e, q)
+    molecules.add(ids, mol)
+    texts = VectorIndex(IndexConfig(kind="flat", device="cpu"), e, 1)
+    texts.add(ids, txt)
+    hits = min(n, max(top_k, recall_k + 1))
+    m2t_scores, m2t_ids = texts.search(mol, hits)  # (N, hits): texts per molecule
+    t2m_scores, t2m_ids = molecules.search(txt, hits)  # (N, hits): molecules per text
+    m2t, t2m = _hit_ranks(m2t_ids, m2t_scores, n), _hit_ranks(t2m_ids, t2m_scores, n)
+    results = {"full": _scores(m2t, t2m, recall_k)}
+    if match_score is not None:
+        k = min(top_k, n)
+        queries = np.repeat(ids, k)
+        mols = np.concatenate([queries, t2m_ids[:, :k].reshape(-1)])
+        texts_ = np.concatenate([m2t_ids[:, :k].reshape(-1), queries])
+        match = _pair_scores(mols, texts_, n, 0, match_score, pairs_per_call).reshape(2, n, k)
+        results["full_rerank"] = _scores(
+            _rerank(m2t_ids[:, :k], m2t_scores[:, :k], match[0], m2t),
+            _rerank(t2m_ids[:, :k], t2m_scores[:, :k], match[1], t2m),
+            recall_k,
+        )
+    return results
+
+
+def _as_array(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def evaluate_retrieval_embeddings(
+    mol_embeds: Any,
+    text_embeds: Any,
+    match_score: MatchScore | None = None,
+    *,
+    batch_size: int = 64,
+    top_k: int = 128,
+    recall_k: int = 20,
+) -> dict[str, RetrievalScores]:
+    """The reference's four settings from embeddings (N, Q, E) and (N, E): in-batch on blocks of the
+    similarity matrix, full test set through the retrieval index (`index_retrieval_scores`)."""
+    mol, txt = _as_array(mol_embeds), _as_array(text_embeds)
+    full = index_retrieval_scores(mol, txt, match_score, top_k=top_k, recall_k=recall_k)  # validates the shapes
+    n, q, e = mol.shape
+    sim = (mol.reshape(n * q, e) @ txt.T).reshape(n, q, -1).max(1)  # (N, N), as MoLM3D.similarity
+    results = {"in_batch": retrieval_scores(sim, batch_size=batch_size, recall_k=recall_k), "full": full["full"]}
+    if match_score is not None:
+        results["in_batch_rerank"] = reranked_retrieval_scores(
+            sim, match_score, top_k=top_k, batch_size=batch_size, recall_k=recall_k
+        )
+        results["full_rerank"] = full["full_rerank"]
     return results

@@ -27,7 +27,7 @@ from ..data.features import Geometry, has_geometry, molecule_features
 from ..models import DecodingOptions, MoLM3D
 from .properties import PROPERTY_TASKS, mean_baseline, property_mae
 from .report import SECTION_CONFORMER, SECTION_DFT, SECTION_SMILES_ONLY, SECTION_TRAIN_MEAN, EvaluationReport
-from .retrieval import evaluate_retrieval
+from .retrieval import evaluate_retrieval_embeddings
 from .text import text_metrics
 
 Example = tuple[dict[str, Any], dict[str, Any]]  # (molecule row, task row)
@@ -99,7 +99,6 @@ def score_retrieval(report: EvaluationReport, model: MoLM3D, dataset: Dataset, o
     mol = torch.cat([model.embed_molecules(collate(feats[i : i + bs])).float().cpu() for i in range(0, len(feats), bs)])
     texts = [p["text"] for p in pairs]
     txt = torch.cat([model.embed_texts(texts[i : i + bs]).float().cpu() for i in range(0, len(texts), bs)])
-    sim = MoLM3D.similarity(mol, txt).numpy()  # (N, N)
 
     def match_score(mol_idx: np.ndarray, text_idx: np.ndarray) -> np.ndarray:
         out = []
@@ -108,7 +107,8 @@ def score_retrieval(report: EvaluationReport, model: MoLM3D, dataset: Dataset, o
             out.append(model.match_logits(collate([feats[j] for j in m]), [texts[j] for j in t]).float().cpu())
         return torch.cat(out).numpy()
 
-    for setting, scores in evaluate_retrieval(sim, match_score, batch_size=64).items():
+    # Full test set through the retrieval index (exact flat kind), in-batch on blocks of the similarities.
+    for setting, scores in evaluate_retrieval_embeddings(mol, txt, match_score, batch_size=64).items():
         report.add(SECTION_CONFORMER, f"retrieval ({setting})", scores)
 
 
