@@ -114,3 +114,19 @@ def run_remote(args: argparse.Namespace, records: Iterator[Any]) -> Iterator[dic
             yield from pool.map(call, records)
     finally:
         client.close()
+
+
+def retrieve_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Hit rows of `molm3d retrieve --remote` (same columns as a local search, without re-rank)."""
+    client = GatewayClient(args.remote)
+    try:
+        if args.smiles:
+            response = client.retrieve(molecule=common_pb2.MoleculeInput(text=args.smiles), k=args.k)
+        else:
+            response = client.retrieve(text=args.text, k=args.k)
+    except grpc.RpcError as err:
+        detail = error_detail(err)
+        raise ValueError(f"{err.code().name}: {detail.code}: {detail.message}") from None
+    finally:
+        client.close()
+    return [{"rank": rank, "id": h.id, "score": h.score, **dict(h.fields)} for rank, h in enumerate(response.hits, 1)]

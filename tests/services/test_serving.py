@@ -220,6 +220,30 @@ def test_retrieval_reloads_a_new_index_version(client, tiny_checkpoint, text_ind
     assert len(after.hits) == len(before.hits) + 1
 
 
+def test_cli_remote_mode(served, tmp_path, monkeypatch):
+    """`molm3d caption|ask|retrieve --remote` go through the gateway; a bad record is a row, not a crash."""
+    from molm3d_core.cli.main import main
+
+    monkeypatch.setenv("MOLM3D_API_TOKEN", TOKEN)
+    out = tmp_path / "captions.jsonl"
+    assert (
+        main(["caption", "CCO", "C1CC", ASPIRIN, "--remote", served.target, "--max-new-tokens", "4", "-o", str(out)])
+        == 1
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert rows[1]["error_code"] == "invalid_smiles" and rows[2]["smiles"] == ASPIRIN and "caption" in rows[0]
+    hits = tmp_path / "hits.csv"
+    assert (
+        main(
+            ["retrieve", "--remote", served.target, "--smiles", ASPIRIN, "-k", "3", "--format", "csv", "-o", str(hits)]
+        )
+        == 0
+    )
+    lines = hits.read_text().splitlines()
+    assert lines[0].startswith("rank,id,score") and len(lines) == 4
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 

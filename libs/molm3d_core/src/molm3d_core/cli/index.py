@@ -75,7 +75,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def add_retrieve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrieve", help="search an index: --text finds molecules, --smiles finds texts",
                        description="Hits best first, each with its id, score and record fields.")  # fmt: skip
-    p.add_argument("--index", type=Path, required=True, help="index folder")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--index", type=Path, help="index folder (searched in this process)")
+    where.add_argument(
+        "--remote",
+        metavar="HOST:PORT",
+        help="ask a running `molm3d serve` over gRPC instead (token from $MOLM3D_API_TOKEN)",
+    )
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--smiles", help="a molecule (searches a text index)")
     query.add_argument("--text", help="a description (searches a molecule index)")
@@ -207,7 +213,14 @@ def write_hits(rows: list[dict[str, Any]], stream: TextIO, fmt: str) -> None:
 def run_retrieve(args: argparse.Namespace) -> int:
     if args.k < 1 or args.rerank_top < 1:
         raise ValueError("-k and --rerank-top must be >= 1")
-    rows = hit_rows(local_hits(args))
+    if args.remote:
+        from .plugins import plugin
+
+        if args.rerank:
+            raise ValueError("--rerank needs --index: the served API re-ranks nothing")
+        rows = plugin("molm3d.remote", "retrieve")(args)
+    else:
+        rows = hit_rows(local_hits(args))
     stream = args.output.open("w", newline="") if args.output else sys.stdout
     try:
         write_hits(rows, stream, args.format)
