@@ -48,8 +48,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stack_pss_bytes(root_pid: int) -> tuple[int, int]:
-    """(PSS bytes, process count) of `root_pid` and all its descendants."""
+def stack_pss_bytes(root_pid: int) -> tuple[int, dict[str, int]]:
+    """(PSS bytes, PSS per process "pid name") of `root_pid` and all its descendants."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -64,15 +64,16 @@ def stack_pss_bytes(root_pid: int) -> tuple[int, int]:
             if child not in pids:
                 pids.add(child)
                 todo.append(child)
-    total = 0
-    for pid in pids:
+    per_process: dict[str, int] = {}
+    for pid in sorted(pids):
         try:
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")[-60:]
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
+                    per_process[f"{pid} {name}"] = int(line.split()[1]) * 1024
         except OSError:
             pass
-    return total, len(pids)
+    return sum(per_process.values()), per_process
 
 
 def reference_style(model: Any, molecules: list[str], max_new_tokens: int) -> dict[str, Any]:
@@ -148,7 +149,11 @@ def served(args: argparse.Namespace, molecules: list[str]) -> dict[str, Any]:
 
     grpc_port = free_port()
     config = stack.override(
-        stack.load_config(), http_port=free_port(), grpc_port=grpc_port, checkpoint=args.checkpoint or ""
+        stack.load_config(),
+        http_port=free_port(),
+        grpc_port=grpc_port,
+        checkpoint=args.checkpoint or "",
+        deployments={"Gateway": {"user_config": {"request_timeout_s": 1800}}},
     )
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     stack.start(config)
@@ -164,7 +169,7 @@ def served(args: argparse.Namespace, molecules: list[str]) -> dict[str, Any]:
         with ThreadPoolExecutor(args.concurrency) as pool:
             answers = list(pool.map(caption, molecules))
         seconds = time.perf_counter() - start
-        pss, n_proc = stack_pss_bytes(os.getpid())
+        pss, per_process = stack_pss_bytes(os.getpid())
         client.close()
     finally:
         stack.stop()
@@ -176,7 +181,7 @@ def served(args: argparse.Namespace, molecules: list[str]) -> dict[str, Any]:
         "finish_reasons": {r: sum(a.finish_reason == r for a in answers) for r in ("eos", "length")},
         "mean_tokens": statistics.mean(a.num_tokens for a in answers),
         "stack_pss_bytes": pss,
-        "stack_processes": n_proc,
+        "stack_pss_per_process": per_process,
     }
 
 

@@ -8,7 +8,9 @@ as tokens arrive (greedy only, a transformers limit: with beams the text comes i
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,8 @@ from molm3d_core.models import DecodingOptions, Generation
 from ..common.model import load_stage_model, model_settings
 from ..common.stage import Stage, invalid_request, rpc, rpc_stream
 from ..common.tensors import from_proto
+
+log = logging.getLogger("ray.serve")
 
 
 @dataclass
@@ -124,7 +128,14 @@ class LMStage(Stage):
             groups[job.key].append(i)
         results: list[Generation | None] = [None] * len(jobs)
         for indices in groups.values():
+            start = time.perf_counter()
             gens = await asyncio.to_thread(self._run, [jobs[i] for i in indices])
+            log.info(
+                "lm: %d requests in %.2f s (%d tokens)",
+                len(indices),
+                time.perf_counter() - start,
+                sum(g.num_tokens for g in gens),
+            )
             for i, g in zip(indices, gens, strict=True):
                 results[i] = g
         return results  # type: ignore[return-value]
