@@ -50,20 +50,9 @@ def free_port() -> int:
 
 def stack_pss_bytes(root_pid: int) -> tuple[int, dict[str, int]]:
     """(PSS bytes, PSS per process "pid name") of `root_pid` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    pids, todo = {root_pid}, [root_pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in pids:
-                pids.add(child)
-                todo.append(child)
+    from molm3d_services.stack import process_tree
+
+    pids = process_tree(root_pid)
     per_process: dict[str, int] = {}
     for pid in sorted(pids):
         try:

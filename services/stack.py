@@ -107,3 +107,22 @@ def stop() -> None:
         serve.shutdown()
     finally:
         ray.shutdown()
+
+
+def process_tree(pid: int) -> set[int]:
+    """`pid` and every live process below it (from /proc): what a stack consists of."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = {pid}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found

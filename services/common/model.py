@@ -1,4 +1,4 @@
-"""Loading the checkpoint a stage serves, from its user_config."""
+"""Stages that serve a checkpoint: which model, on which device, with how many CPU threads."""
 
 from __future__ import annotations
 
@@ -10,32 +10,36 @@ import torch
 from molm3d_core.checkpoints import CheckpointInfo, load_model
 from molm3d_core.models import MoLM3D
 
-MODEL_KEYS = ("checkpoint", "device", "dtype", "preset")
+from .stage import Stage
 
 
 def model_settings(config: dict[str, Any]) -> tuple[Any, ...]:
     """What decides which model a stage holds: a change means reloading it."""
-    return (
-        config.get("checkpoint") or None,
-        config.get("device") or "auto",
-        config.get("dtype") or "auto",
-        config.get("preset") or "small",
-        int(config.get("num_threads") or 0),
-    )
+    return (config.get("checkpoint") or None, config.get("device") or "auto", config.get("dtype") or "auto",
+            config.get("preset") or "small")  # fmt: skip
 
 
-def load_stage_model(config: dict[str, Any], with_lm: bool) -> tuple[MoLM3D, CheckpointInfo]:
-    """`checkpoint` empty/absent = the library default (MOLM3D_CHECKPOINT, then models/molm3d-small).
+class ModelStage(Stage):
+    """A stage holding a checkpoint (`self.model`, `self.info`), reloaded when its settings change.
 
+    `checkpoint` empty/absent = the library default ($MOLM3D_CHECKPOINT, then models/molm3d-small).
     `num_threads`: torch CPU threads of this replica (0 = every core of the machine). Ray sets
     OMP_NUM_THREADS from a replica's num_cpus (1 for fractions), which would leave a CPU-bound LM on
-    one core."""
-    threads = int(config.get("num_threads", 0) or 0) or (os.cpu_count() or 1)
-    torch.set_num_threads(threads)
-    return load_model(
-        config.get("checkpoint") or None,
-        device=config.get("device") or "auto",
-        dtype=config.get("dtype") or "auto",
-        preset=config.get("preset") or "small",
-        with_lm=with_lm,
-    )
+    one core.
+    """
+
+    with_lm = False
+    _settings: tuple[Any, ...] | None = None
+    model: MoLM3D
+    info: CheckpointInfo
+
+    def _configure_model(self, config: dict[str, Any]) -> bool:
+        """Apply the thread count; (re)load the model when needed. True when a model was loaded."""
+        torch.set_num_threads(int(config.get("num_threads") or 0) or (os.cpu_count() or 1))
+        settings = model_settings(config)
+        if settings == self._settings:
+            return False
+        self.model, self.info = load_model(settings[0], device=settings[1], dtype=settings[2], preset=settings[3],
+                                           with_lm=self.with_lm)  # fmt: skip
+        self._settings = settings
+        return True

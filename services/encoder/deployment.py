@@ -17,26 +17,23 @@ from ray import serve
 from molm3d_core.chem import MoleculeFeatures, collate, featurize_atoms
 from molm3d_core.errors import MoleculeError
 
-from ..common.model import load_stage_model, model_settings
-from ..common.stage import Stage, invalid_request, rpc
+from ..common.model import ModelStage
+from ..common.stage import invalid_request, rpc
 from ..common.tensors import to_proto
 
 MAX_TEXT_CHARS = 4_000
 
 
 @serve.deployment(name="Encoder")
-class EncoderStage(Stage):
+class EncoderStage(ModelStage):
     stage = "encoder"
 
     def __init__(self) -> None:
-        self._settings: tuple[Any, ...] | None = None
         self.reconfigure({})
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
-        if model_settings(config) != self._settings:
-            self.model, self.info = load_stage_model(config, with_lm=False)
-            self._settings = model_settings(config)
+        self._configure_model(config)
         self._encode_batch.set_max_batch_size(int(config.get("max_batch_size", 32)))
         self._encode_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.01)))
 

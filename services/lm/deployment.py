@@ -22,8 +22,8 @@ from transformers.generation.streamers import BaseStreamer
 
 from molm3d_core.models import DecodingOptions, Generation
 
-from ..common.model import load_stage_model, model_settings
-from ..common.stage import Stage, invalid_request, rpc, rpc_stream
+from ..common.model import ModelStage
+from ..common.stage import invalid_request, rpc, rpc_stream
 from ..common.tensors import from_proto
 
 log = logging.getLogger("ray.serve")
@@ -58,18 +58,16 @@ class _QueueStreamer(BaseStreamer):
 
 
 @serve.deployment(name="LM")
-class LMStage(Stage):
+class LMStage(ModelStage):
     stage = "lm"
+    with_lm = True
 
     def __init__(self) -> None:
-        self._settings: tuple[Any, ...] | None = None
         self.reconfigure({})
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
-        if model_settings(config) != self._settings:
-            self.model, self.info = load_stage_model(config, with_lm=True)
-            self._settings = model_settings(config)
+        self._configure_model(config)
         self.default_max_new_tokens = int(config.get("default_max_new_tokens", 128))
         self.max_new_tokens_limit = int(config.get("max_new_tokens_limit", 512))
         self.max_beams = int(config.get("max_beams", 5))

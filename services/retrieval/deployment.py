@@ -21,8 +21,8 @@ from ray import serve
 from molm3d_core.retrieval import EmbeddingSource, RetrievalIndex, build_index
 from molm3d_core.retrieval.folder import current_version
 
-from ..common.model import load_stage_model, model_settings
-from ..common.stage import Stage, invalid_request, rpc
+from ..common.model import ModelStage
+from ..common.stage import invalid_request, rpc
 from ..common.tensors import from_proto
 
 log = logging.getLogger("molm3d.services")
@@ -31,11 +31,10 @@ MAX_K = 1_000
 
 
 @serve.deployment(name="Retrieval")
-class RetrievalStage(Stage):
+class RetrievalStage(ModelStage):
     stage = "retrieval"
 
     def __init__(self) -> None:
-        self._settings: tuple[Any, ...] | None = None
         self._folders: dict[str, Path] = {}
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._watch: asyncio.Task | None = None
@@ -43,10 +42,8 @@ class RetrievalStage(Stage):
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
-        if model_settings(config) != self._settings:
-            self.model, self.info = load_stage_model(config, with_lm=False)
+        if self._configure_model(config):
             self.source = EmbeddingSource.of(self.model, self.info)
-            self._settings = model_settings(config)
         self.reload_interval_s = float(config.get("reload_interval_s", 10))
         folders = {"molecules": config.get("molecule_index") or "", "texts": config.get("text_index") or ""}
         if not all(folders.values()):

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from molm3d_services.stack import process_tree
+
 TOKEN = "test-token-7f3a"
 
 
@@ -23,25 +25,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def descendants(pid: int) -> set[int]:
-    """PIDs of every live process below `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def alive(pid: int) -> bool:
@@ -120,7 +103,7 @@ class Stack:
 
     def stop(self, timeout_s: float = 120) -> tuple[int, set[int]]:
         """SIGTERM, wait; returns the exit code and the processes it left alive."""
-        below = descendants(self.proc.pid)
+        below = process_tree(self.proc.pid) - {self.proc.pid}
         self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout_s)
