@@ -1,4 +1,4 @@
-"""Stage 3 sampling: one task per micro-batch, tasks drawn with p ~ N ** exponent."""
+"""Stage 3 sampling (one task per micro-batch, p ~ N ** exponent) and the molecule-spread diagnostic."""
 
 from __future__ import annotations
 
@@ -22,3 +22,14 @@ def test_batches_hold_one_task_and_tasks_follow_the_exponent():
         counts[tasks.pop()] += 1
     observed = np.array([counts[k] for k in "abc"]) / 4000
     np.testing.assert_allclose(observed, expected, atol=0.03)
+
+
+def test_molecule_spread_is_zero_for_identical_and_one_for_orthogonal_molecules():
+    import torch
+
+    from molm3d_core.training.objectives import molecule_spread
+
+    same = torch.randn(1, 8, 16).repeat(4, 1, 1)
+    assert abs(molecule_spread(same)) < 1e-6
+    orthogonal = torch.eye(4).repeat_interleave(2, dim=1).reshape(4, 2, 4)  # disjoint supports
+    assert abs(molecule_spread(orthogonal) - 1.0) < 1e-6

@@ -39,6 +39,18 @@ class UniMolPretrainHeads(nn.Module):
         self.dist_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h), nn.Linear(h, 1))
 
 
+def molecule_spread(queries: torch.Tensor) -> float:
+    """1 - mean cosine between different molecules' query outputs (B, Q, H): near 0 means the molecule
+    tokens hardly depend on the molecule (seen early in training: the signal to watch in metrics)."""
+    if queries.shape[0] < 2:
+        return 0.0
+    with torch.no_grad():
+        flat = F.normalize(queries.detach().float().flatten(1), dim=-1)
+        cos = flat @ flat.t()
+        n = cos.shape[0]
+        return float(1 - (cos.sum() - cos.diagonal().sum()) / (n * (n - 1)))
+
+
 class Objective:
     stage: int
     model: MoLM3D
@@ -191,7 +203,8 @@ class QFormerPretraining(Objective):
         logits = m.qformer.text_logits(hidden[:, :-1]).float()
         labels = dec_ids[:, 1:].masked_fill(text_mask[:, 1:] == 0, -100)
         lm = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        return itc + itm + lm, {"itc": itc.item(), "itm": itm.item(), "lm": lm.item()}
+        parts = {"itc": itc.item(), "itm": itm.item(), "lm": lm.item(), "molecule_spread": molecule_spread(queries)}
+        return itc + itm + lm, parts
 
 
 class InstructionTuning(Objective):
@@ -222,7 +235,7 @@ class InstructionTuning(Objective):
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         mol = self.model.molecule_tokens(batch["features"]) if batch["features"] is not None else None
         loss = self.model.lm.loss(batch["tokens"], mol)
-        return loss, {"lm": loss.item()}
+        return loss, {"lm": loss.item(), **({"molecule_spread": molecule_spread(mol)} if mol is not None else {})}
 
 
 def build_objective(stage: int, model: MoLM3D, cfg: TrainConfig, data: TrainingData) -> Objective:
