@@ -18,5 +18,6 @@ M=.venv/bin/molm3d
 $M train 1 --config $CFG --data "$DATA" --output "$RUN" --steps 200 --set lr=3e-4  # Q-Former: ITC + ITM + captioning
 $M train 2 --config $CFG --data "$DATA" --output "$RUN" --steps 60     # captions through the LM (LoRA)
 $M train 3 --config $CFG --data "$DATA" --output "$RUN" --steps 800    # instruction tuning, all tasks
+$M export --checkpoint "$RUN/stage3/final" -o "$RUN/molm3d-small" --model-id molm3d-small  # fp16, <= 60 MB
 # Baseline (a): the same LM and LoRA, same number of LM samples (stages 2+3), SMILES-only prompts.
 $M train 3 --config $CFG --data "$DATA" --output "$RUN-smiles" --steps 860 --smiles-only

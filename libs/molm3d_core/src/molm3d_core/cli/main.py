@@ -46,7 +46,33 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--bert", help="SciBERT folder (tokenizer for the Q-Former's text branch)")
     imp.add_argument("-o", "--output", type=Path, required=True, help="checkpoint folder to write")
     imp.set_defaults(handler=_import)
+
+    exp = sub.add_parser(
+        "export",
+        help="write a checkpoint for distribution (e.g. fp16, a new model id)",
+        description="Reload a checkpoint (e.g. runs/small/stage3/final) and write its trained weights again, "
+        "cast to --dtype: how models/molm3d-small is packaged.",
+    )
+    exp.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder to read")
+    exp.add_argument("-o", "--output", type=Path, required=True, help="checkpoint folder to write")
+    exp.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    exp.add_argument("--model-id", help="model id of the written checkpoint (default: the source's)")
+    exp.set_defaults(handler=_export)
     return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoints import load_model, save_checkpoint
+
+    model, info = load_model(args.checkpoint, device="cpu", dtype="float32")
+    metadata = {**info.metadata, "exported_from": str(args.checkpoint), "exported_dtype": args.dtype}
+    folder = save_checkpoint(model, args.output, model_id=args.model_id or info.model_id, metadata=metadata,
+                             dtype=getattr(torch, args.dtype))  # fmt: skip
+    size = (folder / "model.safetensors").stat().st_size
+    print(f"wrote {folder} ({size / 1e6:.1f} MB, {args.dtype})")
+    return 0
 
 
 def _assets(args: argparse.Namespace) -> int:
