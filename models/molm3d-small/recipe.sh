@@ -15,7 +15,7 @@ M=.venv/bin/molm3d
 # molecules 0.33 -> 0.997) and stage 1 then could not learn (ITC stuck at ln 8). Stage 1 starts from
 # the seeded random encoder, which stays frozen, as the encoder does in stages 1-3 of the reference.
 # `molm3d train 0` remains available for longer pretraining runs.
-$M train 1 --config $CFG --data "$DATA" --output "$RUN" --steps 200 --set lr=3e-4  # Q-Former: ITC + ITM + captioning
+$M train 1 --config $CFG --data "$DATA" --output "$RUN" --steps 600 --set lr=3e-4  # Q-Former: ITC + ITM + captioning
 $M train 2 --config $CFG --data "$DATA" --output "$RUN" --steps 60     # captions through the LM (LoRA)
 $M train 3 --config $CFG --data "$DATA" --output "$RUN" --steps 800    # instruction tuning, all tasks
 $M export --checkpoint "$RUN/stage3/final" -o "$RUN/molm3d-small" --model-id molm3d-small  # fp16, <= 60 MB
