@@ -9,8 +9,8 @@ defaulting to `request_timeout_s`; past it the call fails with DEADLINE_EXCEEDED
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -23,8 +23,6 @@ from molm3d_core.prompts import CAPTION_INSTRUCTION, parse_number
 from ..common.errors import ServiceError
 from ..common.stage import Stage, invalid_request, rpc, rpc_stream
 from .http import handle_http
-
-T = TypeVar("T")
 
 # stage -> (application, deployment) in serve.yaml
 STAGES = {
@@ -61,19 +59,15 @@ class GatewayStage(Stage):
 
     # -- helpers -------------------------------------------------------------------------------------
 
-    def _timeout(self, grpc_context: Any, header: str | None = None) -> float:
-        raw = header
-        if grpc_context is not None:
-            raw = dict(grpc_context.invocation_metadata()).get("molm3d-timeout-ms")
+    def _timeout(self, grpc_context: Any) -> float:
+        """The call's deadline in seconds: `molm3d-timeout-ms` metadata, capped by request_timeout_s."""
+        raw = dict(grpc_context.invocation_metadata()).get("molm3d-timeout-ms") if grpc_context is not None else None
         if raw:
             try:
                 return min(self.request_timeout_s, max(0.001, float(raw) / 1000))
             except ValueError:
                 raise invalid_request(f"molm3d-timeout-ms must be a number of milliseconds, got {raw!r}") from None
         return self.request_timeout_s
-
-    async def _within(self, work: Awaitable[T], timeout_s: float) -> T:
-        return await asyncio.wait_for(work, timeout_s)
 
     async def _encode(self, molecule: common_pb2.MoleculeInput) -> tuple[common_pb2.Conformer, Any]:
         conformer = await self.handles["conformer"].Generate.remote(molecule)
@@ -131,7 +125,7 @@ class GatewayStage(Stage):
     ) -> AsyncIterator[gateway_pb2.AnswerChunk]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        conformer, encoding = await self._within(self._encode(molecule), timeout_s)
+        conformer, encoding = await asyncio.wait_for(self._encode(molecule), timeout_s)
         request = self._generate_request(instruction, conformer, encoding, decoding)
         chunks = self.handles["lm"].options(stream=True).GenerateStream.remote(request)
         text, last = "", None
@@ -157,12 +151,12 @@ class GatewayStage(Stage):
     @rpc
     async def Caption(self, request: gateway_pb2.CaptionRequest, grpc_context: Any = None) -> gateway_pb2.Answer:
         work = self._complete(request.molecule, CAPTION_INSTRUCTION, request.decoding, ask=False)
-        return await self._within(work, self._timeout(grpc_context))
+        return await asyncio.wait_for(work, self._timeout(grpc_context))
 
     @rpc
     async def Ask(self, request: gateway_pb2.AskRequest, grpc_context: Any = None) -> gateway_pb2.Answer:
         work = self._complete(request.molecule, self._question(request), request.decoding, ask=True)
-        return await self._within(work, self._timeout(grpc_context))
+        return await asyncio.wait_for(work, self._timeout(grpc_context))
 
     @rpc_stream
     async def CaptionStream(self, request: gateway_pb2.CaptionRequest, grpc_context: Any = None):
@@ -180,7 +174,7 @@ class GatewayStage(Stage):
     async def Retrieve(
         self, request: gateway_pb2.RetrieveRequest, grpc_context: Any = None
     ) -> gateway_pb2.RetrieveResponse:
-        return await self._within(self._retrieve(request), self._timeout(grpc_context))
+        return await asyncio.wait_for(self._retrieve(request), self._timeout(grpc_context))
 
     async def _retrieve(self, request: gateway_pb2.RetrieveRequest) -> gateway_pb2.RetrieveResponse:
         k = request.k or 20
