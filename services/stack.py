@@ -29,10 +29,12 @@ def override(
     checkpoint: str | None = None,
     molecule_index: str | None = None,
     text_index: str | None = None,
+    kafka: str | None = None,
     deployments: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A copy of `config` with command-line overrides. `deployments` maps a deployment name to options
-    set on it (`user_config` entries are merged key by key)."""
+    """A copy of `config` with command-line overrides: what runs. `deployments` maps a deployment name
+    to options set on it (`user_config` entries are merged key by key). The bulk application stays only
+    when a Kafka broker is configured (`kafka`, its user_config, or $MOLM3D_KAFKA_BOOTSTRAP)."""
     config = copy.deepcopy(config)
     if http_host is not None:
         config["http_options"]["host"] = http_host
@@ -48,10 +50,22 @@ def override(
             for key, value in (("molecule_index", molecule_index), ("text_index", text_index)):
                 if value is not None and key in uc:
                     uc[key] = value
+            if kafka is not None and "kafka" in uc:
+                uc["kafka"] = {**uc["kafka"], "bootstrap": kafka}
             extra = copy.deepcopy((deployments or {}).get(dep["name"], {}))
             uc.update(extra.pop("user_config", {}))
             dep.update(extra)
+    config["applications"] = [app for app in config["applications"] if not _idle_bulk(app)]
     return config
+
+
+def _idle_bulk(app: dict[str, Any]) -> bool:
+    """An application of Kafka consumers with no broker to consume from."""
+    configs = [dep.get("user_config", {}).get("kafka") for dep in app.get("deployments", [])]
+    kafka_configs = [c for c in configs if c is not None]
+    return bool(kafka_configs) and not any(
+        c.get("bootstrap") or os.environ.get("MOLM3D_KAFKA_BOOTSTRAP") for c in kafka_configs
+    )
 
 
 def start(config: dict[str, Any], num_cpus: int | None = None, metrics_port: int | None = None) -> None:

@@ -1,6 +1,6 @@
-"""Gateway: the public API. Chains conformer -> encoder -> lm (Caption, Ask, streaming variants) and
-encoder -> retrieval (Retrieve) through deployment handles; serves gRPC (Molm3DService and
-grpc.health.v1.Health) and HTTP JSON (see http.py).
+"""Gateway: the public API. Chains conformer -> encoder -> lm (Caption, Ask, streaming variants),
+conformer -> encoder (Embed) and encoder -> retrieval (Retrieve) through deployment handles; serves
+gRPC (Molm3DService and grpc.health.v1.Health) and HTTP JSON (see http.py).
 
 Per-request deadline: metadata `molm3d-timeout-ms` (HTTP header `x-molm3d-timeout-ms`), capped by and
 defaulting to `request_timeout_s`; past it the call fails with DEADLINE_EXCEEDED.
@@ -169,6 +169,20 @@ class GatewayStage(Stage):
         timeout_s = self._timeout(grpc_context)
         async for chunk in self._stream(request.molecule, self._question(request), request.decoding, True, timeout_s):
             yield chunk
+
+    @rpc
+    async def Embed(self, request: gateway_pb2.EmbedRequest, grpc_context: Any = None) -> gateway_pb2.Embedding:
+        conformer, encoding = await asyncio.wait_for(self._encode(request.molecule), self._timeout(grpc_context))
+        return gateway_pb2.Embedding(
+            record_id=conformer.record_id,
+            smiles=conformer.smiles,
+            inchikey=conformer.inchikey,
+            conformer_method=conformer.method,
+            warnings=list(conformer.warnings),
+            embedding=encoding.retrieval_embedding,
+            model_id=encoding.model_id,
+            request_id=_request_id(),
+        )
 
     @rpc
     async def Retrieve(

@@ -2,7 +2,7 @@
 
 GET  /v1/health/live                 200 while the gateway runs
 GET  /v1/health/ready                200 once every stage answers, else 503
-POST /v1/caption | /v1/ask | /v1/retrieve        CaptionRequest | AskRequest | RetrieveRequest -> JSON
+POST /v1/caption | /v1/ask | /v1/embed | /v1/retrieve   Caption/Ask/Embed/RetrieveRequest -> JSON
 POST /v1/caption:stream | /v1/ask:stream         NDJSON lines of AnswerChunk
 Headers: `authorization: Bearer <token>` when a token is configured; `x-molm3d-timeout-ms`.
 """
@@ -31,6 +31,7 @@ _HTTP_STATUS = {
 _ROUTES = {
     "/v1/caption": ("Caption", gateway_pb2.CaptionRequest),
     "/v1/ask": ("Ask", gateway_pb2.AskRequest),
+    "/v1/embed": ("Embed", gateway_pb2.EmbedRequest),
     "/v1/retrieve": ("Retrieve", gateway_pb2.RetrieveRequest),
     "/v1/caption:stream": ("CaptionStream", gateway_pb2.CaptionRequest),
     "/v1/ask:stream": ("AskStream", gateway_pb2.AskRequest),

@@ -36,7 +36,14 @@ def alive(pid: int) -> bool:
 
 
 class Stack:
-    def __init__(self, tmp: Path, checkpoint: Path, text_index: Path) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        checkpoint: Path,
+        text_index: Path,
+        kafka: str | None = None,
+        deployments: dict[str, dict] | None = None,
+    ) -> None:
         from molm3d_services import stack
 
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -46,7 +53,9 @@ class Stack:
             grpc_port=self.grpc_port,
             checkpoint=str(checkpoint),
             text_index=str(text_index),
-            deployments={
+            kafka=kafka,
+            deployments=deployments
+            or {
                 "Conformer": {"user_config": {"cache_size": 100, "max_heavy_atoms": 60}},
                 # A short queue on the LM so the admission-control test can fill it.
                 "LM": {

@@ -497,3 +497,32 @@ def count_records(inputs: Sequence[str], *, limits: InputLimits = DEFAULT_LIMITS
             continue
         total += sum(1 for _ in _SPLITTERS[fmt](text, item))
     return total
+
+
+@dataclass
+class RawRecord:
+    """One record cut out of an input, not parsed: parse it where it is processed (a bulk job's worker)
+    with `parse_text(text, fmt, record_id=record_id)`."""
+
+    record_id: str
+    fmt: str
+    text: str
+
+
+def split_inputs(inputs: Sequence[str], *, limits: InputLimits = DEFAULT_LIMITS) -> Iterator[RawRecord | MoleculeError]:
+    """The records of each input (a file, or else a SMILES argument) in order, as `read_inputs` would
+    yield them but unparsed; a whole-file problem or a broken frame yields a MoleculeError."""
+    for i, item in enumerate(inputs, start=1):
+        if os.path.isfile(item):
+            try:
+                fmt, text = _read_file(item, limits)
+            except MoleculeError as exc:
+                yield exc
+                continue
+            for chunk in _SPLITTERS[fmt](text, item):
+                yield chunk if isinstance(chunk, MoleculeError) else RawRecord(chunk.record_id, fmt, chunk.text)
+        elif _is_path_like(item):
+            yield MoleculeError(ErrorCode.INPUT_UNREADABLE, "no such file", item)
+        else:
+            tokens = item.split()
+            yield RawRecord(tokens[1] if len(tokens) > 1 else f"arg{i}", "smiles", tokens[0] if tokens else "")

@@ -1,0 +1,210 @@
+"""`molm3d bulk submit | status | fetch | worker`: bulk annotation jobs over Kafka."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+OUTPUT_FORMATS = ("jsonl", "csv", "sdf")
+
+
+def add_bulk_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bulk",
+        help="bulk annotation jobs over Kafka (submit, status, fetch, worker)",
+        description="A job is a file of molecules and a task. `submit` writes one item per molecule to the "
+        "jobs topic; workers (`molm3d serve --kafka`, or `molm3d bulk worker`) answer them through "
+        "the served pipeline; `fetch` returns each item once, in input order. Kafka settings: --kafka "
+        "or MOLM3D_KAFKA_BOOTSTRAP, and MOLM3D_KAFKA_* for security and topic names.",
+    )
+    bulk = p.add_subparsers(dest="bulk_command", required=True)
+
+    def kafka_option(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--kafka", help="broker HOST:PORT[,...] (default: $MOLM3D_KAFKA_BOOTSTRAP)")
+
+    q = bulk.add_parser("submit", help="submit a file of molecules as a job; prints the job id last")
+    q.add_argument("inputs", nargs="+", help="files (.smi .sdf .mol .xyz .pdb) or SMILES strings")
+    q.add_argument("--task", required=True, choices=("caption", "ask", "embed"))
+    q.add_argument("--question", default="", help="the question (task ask)")
+    q.add_argument("--job-id", help="default: a new random id")
+    q.add_argument("--max-new-tokens", type=int, default=0, help="0 = server default")
+    q.add_argument("--beams", type=int, default=0, help="0 = server default (greedy)")
+    q.add_argument("--max-items", type=int, default=None, help="refuse bigger jobs (default 1,000,000)")
+    kafka_option(q)
+    q.set_defaults(handler=run_submit)
+
+    q = bulk.add_parser("status", help="done / failed / pending of a job")
+    q.add_argument("job_id")
+    q.add_argument("--wait", action="store_true", help="block with a progress bar until complete (exit 0)")
+    q.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 1)")
+    kafka_option(q)
+    q.set_defaults(handler=run_status)
+
+    q = bulk.add_parser("fetch", help="write a job's results once per item, in input order")
+    q.add_argument("job_id")
+    q.add_argument("-o", "--output", required=True, help="results file (.jsonl, .csv or .sdf)")
+    q.add_argument("--format", choices=OUTPUT_FORMATS, help="default: from the output's extension")
+    q.add_argument("--failures", help="failed items as JSON lines (default: OUTPUT with .failures.jsonl)")
+    kafka_option(q)
+    q.set_defaults(handler=run_fetch)
+
+    q = bulk.add_parser("worker", help="a bulk worker outside Ray, answering through a gateway over gRPC")
+    q.add_argument("--gateway", required=True, help="gateway gRPC HOST:PORT (token: $MOLM3D_API_TOKEN)")
+    q.add_argument("--max-batch", type=int, default=32)
+    q.add_argument("--max-in-flight-batches", type=int, default=2)
+    q.add_argument("--health-port", type=int, help="serve GET /healthz on this port (for a liveness probe)")
+    q.add_argument("--health-host", default="127.0.0.1", help="bind address of /healthz (in a pod: 0.0.0.0)")
+    kafka_option(q)
+    q.set_defaults(handler=run_worker)
+
+
+def _settings(args: argparse.Namespace):
+    from .config import KafkaSettings
+
+    settings = KafkaSettings.from_env().with_bootstrap(args.kafka)
+    settings.client_options()  # raises the "no broker configured" error early
+    return settings
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from molm3d.v1 import common_pb2
+
+    from .jobs import MAX_JOB_ITEMS, submit
+
+    decoding = common_pb2.DecodingOptions(max_new_tokens=args.max_new_tokens, num_beams=args.beams)
+    job_id, total = submit(
+        _settings(args),
+        args.inputs,
+        args.task,
+        question=args.question,
+        decoding=decoding,
+        job_id=args.job_id,
+        max_items=args.max_items or MAX_JOB_ITEMS,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"submitted {total} molecules", file=sys.stderr)
+    print(job_id)
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from .jobs import JobReader, wait
+
+    reader = JobReader(_settings(args), args.job_id)
+    try:
+        state = wait(reader, args.timeout, progress=True) if args.wait else reader.update()
+    finally:
+        reader.close()
+    if not state.known:
+        print(f"{args.job_id}: no record of this job on the results or DLQ topic (yet)", file=sys.stderr)
+        return 1
+    print(state.summary())
+    return 0 if (state.complete or not args.wait) else 1
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from .jobs import JobReader, failure_rows, result_rows
+
+    fmt = args.format or Path(args.output).suffix.lstrip(".").lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"cannot tell the output format from {args.output!r}; use --format {OUTPUT_FORMATS}")
+    reader = JobReader(_settings(args), args.job_id)
+    try:
+        state = reader.update()
+    finally:
+        reader.close()
+    if not state.known:
+        print(f"{args.job_id}: no record of this job on the results or DLQ topic (yet)", file=sys.stderr)
+        return 1
+    rows = list(result_rows(state))
+    _write(rows, args.output, fmt)
+    failures_path = args.failures or str(Path(args.output).with_suffix(".failures.jsonl"))
+    failures = list(failure_rows(state))
+    _write(failures, failures_path, "jsonl")
+    print(f"{state.summary()}; {len(rows)} results -> {args.output}, {len(failures)} failures -> {failures_path}",
+          file=sys.stderr)  # fmt: skip
+    if not state.complete:
+        print(f"incomplete: {state.pending} items pending; fetch again later or `bulk status --wait`", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write(rows: list[dict[str, Any]], path: str, fmt: str) -> None:
+    with open(path, "w", newline="") as out:
+        if fmt == "jsonl":
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        elif fmt == "csv":
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            writer = csv.DictWriter(out, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in row.items()})
+        else:
+            _write_sdf(rows, out)
+
+
+def _write_sdf(rows: list[dict[str, Any]], out: Any) -> None:
+    """One molecule per answered item (2D depiction from its SMILES) with the answer as SD fields. An SD
+    field ends at a blank line, so text values are written on one line (whitespace runs -> one space)."""
+    from rdkit import Chem
+
+    writer = Chem.SDWriter(out)
+    for row in rows:
+        mol = Chem.MolFromSmiles(row["smiles"])
+        if mol is None:
+            continue
+        mol.SetProp("_Name", str(row.get("record_id") or ""))
+        for key, value in row.items():
+            if value is None or key == "smiles":
+                continue
+            text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+            mol.SetProp(key, " ".join(text.split()))
+        writer.write(mol)
+    writer.close()
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from .worker import BulkWorker, GrpcPipeline, WorkerOptions
+
+    options = WorkerOptions(max_batch=args.max_batch, max_in_flight_batches=args.max_in_flight_batches)
+    worker = BulkWorker(_settings(args), GrpcPipeline(args.gateway), options)
+    if args.health_port:
+        _serve_health(worker, args.health_host, args.health_port)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await worker.run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _serve_health(worker: Any, host: str, port: int, stale_s: float = 120) -> None:
+    """GET /healthz: 200 while the consumer loop turns (polled within `stale_s`), else 503."""
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/healthz":
+                self.send_response(404)
+            else:
+                self.send_response(200 if time.monotonic() - worker.last_poll < stale_s else 503)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
