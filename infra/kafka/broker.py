@@ -78,7 +78,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(folder: Path, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+def _spawn(folder: Path, name: str, argv: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:  # else the port check below would see the other process
+            raise SystemExit(f"127.0.0.1:{port} is in use by another process; stop it or choose another port")
     log = folder / "logs" / f"{name}.log"
     with log.open("ab") as out:
         # Own session: a Ctrl-C in the shell that ran `make kafka-up` does not stop the broker.
@@ -103,7 +106,7 @@ def up(folder: Path, port: int, s3_port: int, memory: bool, timeout: float = 60)
             "--auth-key",
             f"{S3_KEY},{S3_SECRET}",
         ]
-        proc = _spawn(folder, "rclone", [*argv, str(folder / "s3")], env)
+        proc = _spawn(folder, "rclone", [*argv, str(folder / "s3")], env, rclone_port)
         _wait_port(rclone_port, timeout, proc, folder / "logs" / "rclone.log")
     if not memory and _pid(folder, "s3guard") is None:
         guard = Path(__file__).with_name("s3_guard.py")
@@ -115,7 +118,7 @@ def up(folder: Path, port: int, s3_port: int, memory: bool, timeout: float = 60)
             "--upstream",
             f"127.0.0.1:{rclone_port}",
         ]
-        proc = _spawn(folder, "s3guard", [*argv, "--root", str(folder / "s3")], env)
+        proc = _spawn(folder, "s3guard", [*argv, "--root", str(folder / "s3")], env, s3_port)
         _wait_port(s3_port, timeout, proc, folder / "logs" / "s3guard.log")
     if _pid(folder, "tansu") is None:
         env.update(
@@ -135,7 +138,7 @@ def up(folder: Path, port: int, s3_port: int, memory: bool, timeout: float = 60)
             "--storage-engine",
             "memory://tansu/" if memory else f"s3://{BUCKET}/",
         ]
-        proc = _spawn(folder, "tansu", argv, env)
+        proc = _spawn(folder, "tansu", argv, env, port)
         _wait_port(port, timeout, proc, folder / "logs" / "tansu.log")
     storage = "memory" if memory else f"durable, {folder / 's3'}"
     print(f"kafka: 127.0.0.1:{port} ({storage}); pids in {folder / 'pids'}")

@@ -1,6 +1,13 @@
-"""BulkWorker: the bulk worker as a Serve deployment beside the stages (`molm3d serve --kafka`). Each
-replica is one member of the consumer group; scale with num_replicas (at most the jobs topic's
-partition count do work). It answers items through the gateway deployment's handle."""
+"""BulkWorker: the bulk worker as a Serve deployment beside the stages (`molm3d serve --kafka`). It
+answers items through the gateway deployment's handle; scale with num_replicas (at most the jobs
+topic's partition count do work).
+
+Partitions (user_config `assignment`): `replicas` (default) splits the jobs partitions by Serve replica
+rank (p % replicas == rank), re-split when the replica set changes; the consumer group only stores
+offsets. Serve already knows which replicas are alive, and this avoids a Tansu 0.6 defect: its group
+coordinator never evicts a SIGKILLed member, whose partitions then stall (measured: a fresh member got
+no partitions within 40 s, or only half of them). `group` uses Kafka's group protocol instead.
+"""
 
 from __future__ import annotations
 
@@ -36,12 +43,16 @@ class BulkWorkerDeployment:
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """(Re)start the consumer loop with the user_config: {kafka: {...KafkaSettings}, max_batch, ...}."""
         settings = KafkaSettings.from_env(**config.get("kafka", {}))
-        options = WorkerOptions(**{k: int(v) for k, v in config.items() if k in WorkerOptions.__dataclass_fields__})
+        options = WorkerOptions(**{k: v for k, v in config.items() if k in WorkerOptions.__dataclass_fields__})
+        assignment = config.get("assignment", "replicas")
+        if assignment not in ("replicas", "group"):
+            raise ValueError(f"assignment must be replicas or group, got {assignment!r}")
+        membership = _replica_rank if assignment == "replicas" else None
         await self._halt()
         self._stop = asyncio.Event()
-        worker = BulkWorker(settings, HandlePipeline(), options, on_batch=self._observe)
+        worker = BulkWorker(settings, HandlePipeline(), options, on_batch=self._observe, membership=membership)
         self._task = asyncio.create_task(worker.run(self._stop))
-        log.info("bulk worker configured: %s, %s", settings.public(), options)
+        log.info("bulk worker configured: %s, %s, assignment %s", settings.public(), options, assignment)
 
     def _observe(self, outcome: BatchOutcome) -> None:
         self.batch_size.observe(outcome.ok + outcome.failed)
@@ -75,6 +86,11 @@ class BulkWorkerDeployment:
 
         message = "the bulk worker has no HTTP API; use `molm3d bulk submit`"
         return JSONResponse({"error": {"status": "NOT_FOUND", "message": message}}, status_code=404)
+
+
+def _replica_rank() -> tuple[int, int]:
+    context = serve.get_replica_context()
+    return context.rank.rank, context.world_size
 
 
 app = BulkWorkerDeployment.bind()

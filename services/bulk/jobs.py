@@ -202,20 +202,24 @@ class JobReader:
             time.sleep(0.5)
         raise JobError(f"topic {topic} not found on {self.settings.bootstrap}: has any job been submitted?")
 
-    def update(self, idle_polls: int = 2, poll_ms: int = 500) -> JobState:
-        """Read until the partitions are drained: `idle_polls` empty polls in a row. (Not the reported end
-        offsets: the local broker's can be wrong, REFERENCE.md section 3.)"""
-        idle = 0
-        while idle < idle_polls:
-            polled = self.consumer.poll(timeout_ms=poll_ms, max_records=2000)
-            if not polled:
-                idle += 1
-                continue
-            idle = 0
-            for tp, records in polled.items():
-                for record in records:
-                    self._add(tp.topic, record)
+    def update(self, timeout_s: float = 120) -> JobState:
+        """Read what the two partitions hold now. Done when every partition's position reaches the end
+        offset reported at the start: on Apache Kafka the exact end; Tansu 0.6 reports the start of the
+        last record batch + 1 instead (REFERENCE.md section 3), which a fetch passes since it returns
+        whole batches. (Idle polls are no end test: the first fetches of a new reader can be slow.)"""
+        ends = self.consumer.end_offsets(self.partitions)
+        deadline = time.monotonic() + timeout_s
+        while any(self.consumer.position(tp) < ends[tp] for tp in self.partitions):
+            if time.monotonic() > deadline:
+                raise JobError(f"reading job {self.state.job_id} took over {timeout_s:.0f} s; is the broker up?")
+            self._read(self.consumer.poll(timeout_ms=500, max_records=5000))
+        self._read(self.consumer.poll(timeout_ms=0, max_records=5000))  # anything already fetched
         return self.state
+
+    def _read(self, polled: dict[Any, list[Any]]) -> None:
+        for tp, records in polled.items():
+            for record in records:
+                self._add(tp.topic, record)
 
     def _add(self, topic: str, record: Any) -> None:
         if record.key != messages.key(self.state.job_id):
@@ -250,7 +254,7 @@ def wait(reader: JobReader, timeout_s: float | None = None, progress: bool = Tru
             if state.complete or (deadline is not None and time.monotonic() > deadline):
                 return state
             time.sleep(interval_s)
-            state = reader.update(idle_polls=1)
+            state = reader.update()
     finally:
         bar.close()
 

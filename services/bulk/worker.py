@@ -85,10 +85,15 @@ class BulkWorker:
         pipeline: Pipeline,
         options: WorkerOptions | None = None,
         on_batch: Callable[[BatchOutcome], None] | None = None,
+        membership: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
+        """`membership`: None = join the consumer group (partitions balanced by the broker); else a
+        function giving (rank, count) of this worker among its peers, and the worker takes the jobs
+        partitions p with p % count == rank itself, using the group only to store offsets."""
         self.settings, self.pipeline = settings, pipeline
         self.options = options or WorkerOptions()
         self.on_batch = on_batch
+        self.membership = membership
         self.last_poll = time.monotonic()  # liveness: the loop is turning
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -119,7 +124,6 @@ class BulkWorker:
             await on_kafka_thread(ensure_topics, s)
             consumer = await on_kafka_thread(
                 lambda: KafkaConsumer(
-                    s.jobs_topic,
                     **s.client_options(),
                     group_id=s.group,
                     client_id="molm3d-bulk-worker",
@@ -135,9 +139,13 @@ class BulkWorker:
             producer = await on_kafka_thread(
                 lambda: KafkaProducer(**s.client_options(), client_id="molm3d-bulk-worker", acks="all", linger_ms=5)
             )
-            log.info("bulk worker consuming %s as group %s (%s)", s.jobs_topic, s.group, s.bootstrap)
+            assigned = await on_kafka_thread(self._take_partitions, consumer)
+            log.info("bulk worker consuming %s as group %s (%s): %s", s.jobs_topic, s.group, s.bootstrap, assigned)
             while not stop.is_set():
                 self.last_poll = time.monotonic()
+                if self.membership is not None and self.membership() != assigned:
+                    log.info("replica set changed %s -> %s: taking partitions again", assigned, self.membership())
+                    break
                 if len(pending) < o.max_in_flight_batches:
                     polled = await on_kafka_thread(consumer.poll, o.poll_timeout_ms, o.max_batch)
                     records = [r for batch in polled.values() for r in batch]
@@ -161,6 +169,20 @@ class BulkWorker:
             if producer is not None:
                 await loop.run_in_executor(None, lambda: producer.close(timeout=5))
             kafka_thread.shutdown(wait=False)
+
+    def _take_partitions(self, consumer: Any) -> tuple[int, int] | str:
+        from kafka import TopicPartition
+
+        topic = self.settings.jobs_topic
+        if self.membership is None:
+            consumer.subscribe([topic])
+            return "partitions from the group coordinator"
+        rank, count = self.membership()
+        partitions = sorted(consumer.partitions_for_topic(topic) or [])
+        if not partitions:
+            raise RuntimeError(f"topic {topic} has no partitions (yet)")
+        consumer.assign([TopicPartition(topic, p) for p in partitions if p % count == rank])
+        return rank, count
 
     async def _complete(self, task: asyncio.Task, producer: Any, consumer: Any, on_kafka_thread: Callable) -> None:
         outcome = await task

@@ -54,3 +54,28 @@ def test_records_survive_a_restart_and_offsets_continue(tmp_path, stop):
         assert _read_all(broker.bootstrap) == list(enumerate(first + second))
     finally:
         broker.down()
+
+
+def test_readers_find_a_jobs_partition_where_the_producer_put_it(tmp_path):
+    """bulk fetch reads only the job's partition: it must be the one kafka-python's producer chose."""
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from molm3d_services.bulk.jobs import partition_for
+
+    broker = Broker(tmp_path / "kafka")
+    broker.up()
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        admin.create_topics([NewTopic("p", 4, 1)])
+        admin.close()
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        jobs = [f"job-{i:03d}" for i in range(40)]
+        futures = [producer.send("p", key=job.encode(), value=b"x") for job in jobs]
+        producer.flush()
+        producer.close()
+        placed = [f.get(timeout=10).partition for f in futures]
+        assert placed == [partition_for(job, 4) for job in jobs]
+        assert set(placed) == {0, 1, 2, 3}
+    finally:
+        broker.down()

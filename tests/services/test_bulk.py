@@ -106,7 +106,7 @@ def progress(broker: Broker, job: str) -> tuple[int, set[str]]:
 
     reader = JobReader(KafkaSettings(bootstrap=broker.bootstrap), job)
     try:
-        state = reader.update(idle_polls=1)
+        state = reader.update()
     finally:
         reader.close()
     return state.done, {r.worker for r in state.results.values()}
