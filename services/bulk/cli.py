@@ -61,7 +61,7 @@ def add_bulk_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--gateway", required=True, help="gateway gRPC HOST:PORT (token: $MOLM3D_API_TOKEN)")
     q.add_argument("--max-batch", type=int, default=32)
     q.add_argument("--max-in-flight-batches", type=int, default=2)
-    q.add_argument("--health-port", type=int, help="serve GET /healthz on this port (for a liveness probe)")
+    q.add_argument("--health-port", type=int, help="serve GET /healthz and /metrics on this port")
     q.add_argument("--health-host", default="127.0.0.1", help="bind address of /healthz (in a pod: 0.0.0.0)")
     kafka_option(q)
     q.set_defaults(handler=run_worker)
@@ -174,10 +174,18 @@ def _write_sdf(rows: list[dict[str, Any]], out: Any) -> None:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from prometheus_client import Counter
+
     from .worker import BulkWorker, GrpcPipeline, WorkerOptions
 
+    items = Counter("molm3d_bulk_items", "bulk items answered (ok) or dead-lettered", ["outcome"])
+
+    def observe(outcome: Any) -> None:
+        items.labels("ok").inc(outcome.ok)
+        items.labels("failed").inc(outcome.failed)
+
     options = WorkerOptions(max_batch=args.max_batch, max_in_flight_batches=args.max_in_flight_batches)
-    worker = BulkWorker(_settings(args), GrpcPipeline(args.gateway), options)
+    worker = BulkWorker(_settings(args), GrpcPipeline(args.gateway), options, on_batch=observe)
     if args.health_port:
         _serve_health(worker, args.health_host, args.health_port)
 
@@ -193,10 +201,20 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def _serve_health(worker: Any, host: str, port: int, stale_s: float = 120) -> None:
-    """GET /healthz: 200 while the consumer loop turns (polled within `stale_s`), else 503."""
+    """GET /healthz: 200 while the consumer loop turns (polled within `stale_s`), else 503.
+    GET /metrics: Prometheus text (molm3d_bulk_items_total{outcome})."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     class Health(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if self.path == "/metrics":
+                body = generate_latest()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             if self.path != "/healthz":
                 self.send_response(404)
             else:

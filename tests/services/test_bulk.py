@@ -269,6 +269,8 @@ def test_standalone_worker_answers_through_the_gateway(bulk_stack, broker, tmp_p
         assert waited.returncode == 0, waited.stderr + (tmp_path / "worker.log").read_text()[-3000:]
         with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=5) as r:
             assert r.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/metrics", timeout=5) as r:
+            assert 'molm3d_bulk_items_total{outcome="ok"} 20.0' in r.read().decode()
         fetched = run("fetch", job, "-o", str(tmp_path / "out.jsonl"))
         assert fetched.returncode == 0, fetched.stderr
         rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
