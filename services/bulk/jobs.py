@@ -22,6 +22,7 @@ from molm3d_core.errors import MoleculeError
 
 from . import messages
 from .config import KafkaSettings, ensure_topics
+from .worker import PRODUCER_OPTIONS
 
 MAX_JOB_ITEMS = 1_000_000
 
@@ -63,7 +64,7 @@ def submit(
     job_id = job_id or new_job_id()
     total = len(records)
     ensure_topics(settings)
-    producer = KafkaProducer(**settings.client_options(), client_id="molm3d-bulk-submit", acks="all", linger_ms=20)
+    producer = KafkaProducer(**settings.client_options(), client_id="molm3d-bulk-submit", **PRODUCER_OPTIONS)
     key = messages.key(job_id)
     try:
         info = bulk_pb2.JobInfo(
