@@ -67,6 +67,24 @@ def add_bulk_parser(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(handler=run_worker)
 
 
+def _kafka_errors(handler: Any) -> Any:
+    """Broker trouble as a one-line CLI error (exit 2), not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        import logging
+
+        from kafka.errors import KafkaError
+
+        if getattr(args, "log_level", "info").upper() != "DEBUG":  # kafka-python logs every retry
+            logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        try:
+            return handler(args)
+        except KafkaError as err:
+            raise ValueError(f"Kafka ({args.kafka or 'MOLM3D_KAFKA_BOOTSTRAP'}): {type(err).__name__}: {err}") from None
+
+    return run
+
+
 def _settings(args: argparse.Namespace):
     from .config import KafkaSettings
 
@@ -75,6 +93,7 @@ def _settings(args: argparse.Namespace):
     return settings
 
 
+@_kafka_errors
 def run_submit(args: argparse.Namespace) -> int:
     from molm3d.v1 import common_pb2
 
@@ -96,6 +115,7 @@ def run_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+@_kafka_errors
 def run_status(args: argparse.Namespace) -> int:
     from .jobs import JobReader, wait
 
@@ -111,6 +131,7 @@ def run_status(args: argparse.Namespace) -> int:
     return 0 if (state.complete or not args.wait) else 1
 
 
+@_kafka_errors
 def run_fetch(args: argparse.Namespace) -> int:
     from .jobs import JobReader, failure_rows, result_rows
 
@@ -173,6 +194,7 @@ def _write_sdf(rows: list[dict[str, Any]], out: Any) -> None:
     writer.close()
 
 
+@_kafka_errors
 def run_worker(args: argparse.Namespace) -> int:
     from prometheus_client import Counter
 

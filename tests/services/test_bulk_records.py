@@ -140,3 +140,21 @@ def test_job_without_job_info_takes_its_total_from_the_items():
     assert state.total is None and not state.known
     state.add_result(bulk_pb2.ItemResult(job_id="hand-made", index=0, total=2))
     assert (state.total, state.pending) == (2, 1)
+
+
+def test_submit_refuses_oversized_jobs_and_bad_options_before_touching_kafka(tmp_path):
+    """Clear errors (exit 2) without a broker: the checks run before any connection."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "three.smi"
+    path.write_text("CCO a\nCCN b\nCCC c\n")
+    base = [sys.executable, "-m", "molm3d_core.cli.main", "bulk", "submit", str(path), "--kafka", "127.0.0.1:9"]
+    cases = [
+        (["--task", "embed", "--max-items", "2"], "the job has 3 molecules; the limit is 2"),
+        (["--task", "ask"], "task ask needs --question"),
+    ]
+    for extra, message in cases:
+        done = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr
