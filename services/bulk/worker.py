@@ -265,7 +265,23 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
 # -- pipelines ---------------------------------------------------------------------------------------
 
 
-class HandlePipeline:
+class _Gateway:
+    """Pipeline over the gateway's methods; subclasses say how a call reaches it."""
+
+    async def _call(self, method: str, request: Any) -> Any:
+        raise NotImplementedError
+
+    async def caption(self, request: gateway_pb2.CaptionRequest) -> gateway_pb2.Answer:
+        return await self._call("Caption", request)
+
+    async def ask(self, request: gateway_pb2.AskRequest) -> gateway_pb2.Answer:
+        return await self._call("Ask", request)
+
+    async def embed(self, request: gateway_pb2.EmbedRequest) -> gateway_pb2.Embedding:
+        return await self._call("Embed", request)
+
+
+class HandlePipeline(_Gateway):
     """The gateway deployment inside the same Ray cluster (what `molm3d serve --kafka` runs)."""
 
     def __init__(self, app_name: str = "gateway", deployment: str = "Gateway") -> None:
@@ -290,17 +306,8 @@ class HandlePipeline:
                 grpc.StatusCode.UNAVAILABLE, "unavailable", f"{type(exc).__name__}: {exc}", "bulk"
             ) from None
 
-    async def caption(self, request: gateway_pb2.CaptionRequest) -> gateway_pb2.Answer:
-        return await self._call("Caption", request)
 
-    async def ask(self, request: gateway_pb2.AskRequest) -> gateway_pb2.Answer:
-        return await self._call("Ask", request)
-
-    async def embed(self, request: gateway_pb2.EmbedRequest) -> gateway_pb2.Embedding:
-        return await self._call("Embed", request)
-
-
-class GrpcPipeline:
+class GrpcPipeline(_Gateway):
     """The gateway over gRPC (`molm3d bulk worker --gateway HOST:PORT`, e.g. a k8s Deployment). An asyncio
     channel, so a whole batch is in flight at once and the served stages can batch it."""
 
@@ -335,12 +342,3 @@ class GrpcPipeline:
             raise ServiceError(
                 err.code().name, common_pb2.ErrorDetail(code=detail.code, message=detail.message).SerializeToString()
             ) from None
-
-    async def caption(self, request: gateway_pb2.CaptionRequest) -> gateway_pb2.Answer:
-        return await self._call("Caption", request)
-
-    async def ask(self, request: gateway_pb2.AskRequest) -> gateway_pb2.Answer:
-        return await self._call("Ask", request)
-
-    async def embed(self, request: gateway_pb2.EmbedRequest) -> gateway_pb2.Embedding:
-        return await self._call("Embed", request)

@@ -461,23 +461,14 @@ def read_inputs(
     A SMILES argument may carry a name like a SMILES-file line ("CCO ethanol"); without one its id is
     "arg{i}" (1-based position in `inputs`). A whole-file problem yields one error and reading goes on.
     """
-    for i, item in enumerate(inputs, start=1):
-        if os.path.isfile(item):
-            try:
-                fmt, text = _read_file(item, limits)
-            except MoleculeError as exc:
-                yield exc
-                continue
-            yield from parse_text(text, fmt, record_id=item, limits=limits, xyz_charge=xyz_charge)
-        elif _is_path_like(item):
-            yield MoleculeError(ErrorCode.INPUT_UNREADABLE, "no such file", item)
-        else:
-            tokens = item.split()
-            record_id = tokens[1] if len(tokens) > 1 else f"arg{i}"
-            try:
-                yield parse_smiles(tokens[0] if tokens else "", record_id=record_id, limits=limits)
-            except MoleculeError as exc:
-                yield exc
+    for raw in split_inputs(inputs, limits=limits):
+        if isinstance(raw, MoleculeError):
+            yield raw
+            continue
+        try:
+            yield _parse_chunk(_Chunk(raw.record_id, raw.text), raw.fmt, limits, xyz_charge)
+        except MoleculeError as exc:
+            yield exc.with_record(raw.record_id)
 
 
 def count_records(inputs: Sequence[str], *, limits: InputLimits = DEFAULT_LIMITS) -> int | None:
@@ -485,18 +476,7 @@ def count_records(inputs: Sequence[str], *, limits: InputLimits = DEFAULT_LIMITS
 
     Exact for every current format; None is kept for inputs that cannot be counted cheaply.
     """
-    total = 0
-    for item in inputs:
-        if not os.path.isfile(item):
-            total += 1
-            continue
-        try:
-            fmt, text = _read_file(item, limits)
-        except MoleculeError:
-            total += 1
-            continue
-        total += sum(1 for _ in _SPLITTERS[fmt](text, item))
-    return total
+    return sum(1 for _ in split_inputs(inputs, limits=limits))
 
 
 @dataclass
