@@ -9,20 +9,25 @@ create-if-absent PUT; S3 answers 412 for an existing object and Tansu then reads
 watermark. rclone instead overwrites it, Tansu restarts the partition at offset 0 and overwrites
 acknowledged records (measured here: every restart, clean or not). Stdlib only.
 
-    python infra/kafka/s3_guard.py --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT
+    python infra/kafka/s3_guard.py --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT --root DIR
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
-def make_handler(upstream: tuple[str, int]) -> type[BaseHTTPRequestHandler]:
+def make_handler(upstream: tuple[str, int], root: str) -> type[BaseHTTPRequestHandler]:
+    """`root` is the folder rclone serves: the guard reads an object's current ETag from its file."""
+    root = os.path.normpath(root)
     local = threading.local()
     # Conditional writes are checked and applied under one lock, so two of them cannot interleave.
     write_lock = threading.Lock()
@@ -102,16 +107,15 @@ def make_handler(upstream: tuple[str, int]) -> type[BaseHTTPRequestHandler]:
             self._relay(self._forward(self.command, body or None, headers))
 
         def _current_etag(self) -> str | None:
-            path = upstream_path(self)
-            if path is None:
+            # The local file behind the object path (path-style: /bucket/key), never outside root.
+            path = os.path.normpath(os.path.join(root, unquote(urlsplit(self.path).path).lstrip("/")))
+            if not path.startswith(root + os.sep):
                 return None
             try:
                 with open(path, "rb") as f:
                     data = f.read()
             except FileNotFoundError:
                 return None
-            import hashlib
-
             return hashlib.md5(data).hexdigest()  # rclone's ETag for a local file: its MD5
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
@@ -119,32 +123,15 @@ def make_handler(upstream: tuple[str, int]) -> type[BaseHTTPRequestHandler]:
     return Guard
 
 
-ROOT: str | None = None
-
-
-def upstream_path(handler: BaseHTTPRequestHandler) -> str | None:
-    """The local file behind an S3 object path (path-style: /bucket/key)."""
-    import os
-    from urllib.parse import unquote, urlsplit
-
-    if ROOT is None:
-        return None
-    key = unquote(urlsplit(handler.path).path).lstrip("/")
-    path = os.path.normpath(os.path.join(ROOT, key))
-    return path if path.startswith(os.path.normpath(ROOT) + os.sep) else None
-
-
 def main() -> None:
-    global ROOT
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--listen", required=True, help="HOST:PORT")
     parser.add_argument("--upstream", required=True, help="rclone's HOST:PORT")
     parser.add_argument("--root", required=True, help="the folder rclone serves (to read current ETags)")
     args = parser.parse_args()
-    ROOT = args.root
     host, port = args.listen.rsplit(":", 1)
     up_host, up_port = args.upstream.rsplit(":", 1)
-    server = ThreadingHTTPServer((host, int(port)), make_handler((up_host, int(up_port))))
+    server = ThreadingHTTPServer((host, int(port)), make_handler((up_host, int(up_port)), args.root))
     server.daemon_threads = True
     server.serve_forever()
 
