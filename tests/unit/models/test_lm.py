@@ -1,4 +1,4 @@
-"""The LM wrapper on the real packaged SmolLM2: splicing, EOS, left padding, batch invariance."""
+"""The LM wrapper on the real packaged SmolLM2: splicing, EOS, padding sides, batch invariance."""
 
 from __future__ import annotations
 
@@ -36,16 +36,31 @@ def test_molecule_embeddings_land_on_placeholders_in_order(lm):
     torch.testing.assert_close(out[~where], plain[~where])
 
 
-def test_targets_end_with_eos_and_batches_are_left_padded(lm):
+def test_prompts_are_left_padded_and_training_rows_right_padded(lm):
+    prompts = lm.tokenize(["Q: one?", "Q: a much longer question here?"])
+    assert prompts.attention_mask[:, -1].tolist() == [1, 1]  # generation: every row ends on a real token
+    assert prompts.attention_mask[0, 0] == 0
     batch = lm.tokenize(["Q: one?", "Q: a much longer question here?"], targets=["1", "yes it is"])
     eos = lm.tokenizer.eos_token_id
-    assert batch.input_ids[0, 0] == lm.tokenizer.pad_token_id and batch.attention_mask[0, 0] == 0
-    assert batch.attention_mask[:, -1].tolist() == [1, 1]  # left padding: every row ends on a real token
-    assert batch.labels[:, -1].tolist() == [eos, eos]
+    # training: every row starts on a real token, so no query position is fully masked
+    assert batch.attention_mask[:, 0].tolist() == [1, 1]
+    assert batch.input_ids[0, -1] == lm.tokenizer.pad_token_id and batch.attention_mask[0, -1] == 0
+    assert (batch.labels[batch.attention_mask == 0] == -100).all()
     for row in range(2):
         labelled = batch.labels[row][batch.labels[row] != -100]
+        assert labelled[-1] == eos
         assert lm.tokenizer.decode(labelled[:-1]).strip() == ["1", "yes it is"][row]
-    assert (batch.labels[batch.attention_mask == 0] == -100).all()
+
+
+def test_training_loss_of_a_padded_batch_is_the_token_weighted_mean_of_its_rows(lm):
+    prompts, targets = ["Q: one?", "Q: a much longer question here, with more words?"], [" 1", " yes it is, surely"]
+    with torch.no_grad():
+        batch = lm.tokenize(prompts, targets)
+        together = lm.loss(batch, None)
+        rows = [lm.tokenize([p], [t]) for p, t in zip(prompts, targets, strict=True)]
+        counts = [int((r.labels != -100).sum()) for r in rows]
+        alone = sum(lm.loss(r, None) * n for r, n in zip(rows, counts, strict=True)) / sum(counts)
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
 
 
 def test_answer_is_identical_alone_and_in_a_batch(small_model):

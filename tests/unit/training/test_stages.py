@@ -75,6 +75,44 @@ def test_resume_continues_from_the_saved_step(dataset, tmp_path, monkeypatch):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+def _nan_loss_at(steps: set[int] | None, monkeypatch) -> None:
+    """Make the objective's loss NaN at these steps (None: always), as a numerics bug would."""
+    real_build = loop_module.build_objective
+
+    def build(*args, **kwargs):
+        objective = real_build(*args, **kwargs)
+        real_batch, real_loss = objective.batch, objective.loss
+
+        def batch(step, micro):
+            return {**real_batch(step, micro), "_step": step}
+
+        def loss(b):
+            value, parts = real_loss({k: v for k, v in b.items() if k != "_step"})
+            return (value * float("nan"), parts) if steps is None or b["_step"] in steps else (value, parts)
+
+        objective.batch, objective.loss = batch, loss
+        return objective
+
+    monkeypatch.setattr(loop_module, "build_objective", build)
+
+
+def test_a_non_finite_step_is_skipped_and_the_weights_stay_finite(dataset, tmp_path, monkeypatch):
+    _nan_loss_at({1}, monkeypatch)
+    cfg = _cfg(dataset, tmp_path, steps=4, save_every=1000)
+    result = train_stage(2, cfg, progress=False)
+    assert np.isnan(result.losses[1]) and np.isfinite([result.losses[i] for i in (0, 2, 3)]).all()
+    weights = load_file(str(result.final_checkpoint / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    last = (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()[-1]
+    assert '"skipped_steps": 1' in last
+
+
+def test_persistent_non_finite_losses_stop_the_stage_with_a_clear_error(dataset, tmp_path, monkeypatch):
+    _nan_loss_at(None, monkeypatch)
+    with pytest.raises(FloatingPointError, match="5 consecutive steps"):
+        train_stage(2, _cfg(dataset, tmp_path, steps=8, save_every=1000), progress=False)
+
+
 def test_official_preset_runs_a_step_at_reduced_size(dataset, tmp_path):
     """Paper architecture (Uni-Mol 512 wide x 64 heads, BERT-base-wide Q-Former, Llama) with fewer layers."""
     cfg = MoLM3DConfig.preset_config(

@@ -115,8 +115,12 @@ class MolLM(nn.Module):
     def tokenize(
         self, prompts: list[str], targets: list[str] | None = None, max_target_tokens: int | None = None
     ) -> TokenizedPrompts:
-        """Left-padded prompts; with targets, `prompt + target + EOS` and labels on the target only.
+        """Left-padded prompts (for generation); with targets, right-padded `prompt + target + EOS` rows
+        with labels on the target only (for training).
 
+        Training rows are padded on the right so that every query position sees at least one real
+        key: left padding leaves the pad rows fully masked, and SDPA's bf16 backward on CUDA turns
+        those rows into NaN gradients (measured on an H200; eager attention and fp32 were unaffected).
         `max_target_tokens` truncates long targets (EOS still ends them, so the model learns to stop).
         """
         tok = self.tokenizer
@@ -129,15 +133,16 @@ class MolLM(nn.Module):
             seqs = [p + t for p, t in zip(prompt_ids, target_ids, strict=True)]
             labels = [[-100] * len(p) + t for p, t in zip(prompt_ids, target_ids, strict=True)]
         width = max(len(s) for s in seqs)
-        pad = tok.pad_token_id
+        left = labels is None
 
-        def left_pad(rows: list[list[int]], value: int) -> torch.Tensor:
-            return torch.tensor([[value] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+            fill = [[value] * (width - len(r)) for r in rows]
+            return torch.tensor([f + r if left else r + f for f, r in zip(fill, rows, strict=True)], dtype=torch.long)
 
         return TokenizedPrompts(
-            input_ids=left_pad(seqs, pad),
-            attention_mask=left_pad([[1] * len(s) for s in seqs], 0),
-            labels=left_pad(labels, -100) if labels is not None else None,
+            input_ids=pad(seqs, tok.pad_token_id),
+            attention_mask=pad([[1] * len(s) for s in seqs], 0),
+            labels=pad(labels, -100) if labels is not None else None,
         )
 
     # 2. splicing -------------------------------------------------------------------------------------
@@ -165,7 +170,7 @@ class MolLM(nn.Module):
         ids, mask, labels = (t.to(device) for t in (batch.input_ids, batch.attention_mask, batch.labels))
         embeds = self.embed(ids, mol_embeds)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        # Logits only where a label exists (the tail): saves the vocab projection for the prompt.
+        # Logits only from the first labelled position on: saves the vocab projection for the prompts.
         first = int((labels != -100).float().argmax(-1).min())
         keep = ids.shape[1] - first + 1
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep)

@@ -31,6 +31,7 @@ from .data import TrainingData
 from .objectives import build_objective
 
 log = logging.getLogger(__name__)
+MAX_NONFINITE_STREAK = 5  # consecutive skipped updates before a stage stops with an error
 
 
 def build_model(cfg: TrainConfig, stage: int) -> MoLM3D:
@@ -90,13 +91,15 @@ def _resume(stage_dir: Path, params, optimizer: torch.optim.Optimizer) -> int:
     return step
 
 
-def train_stage(stage: int, cfg: TrainConfig, progress: bool = True) -> StageResult:
+def train_stage(stage: int, cfg: TrainConfig, progress: bool = True, model: MoLM3D | None = None) -> StageResult:
+    """Train one stage; `model` starts from these weights instead of `build_model` (benchmarks build
+    random-weight models from tokenizer-only folders)."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     stage_dir = cfg.stage_dir(stage)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(cfg, stage)
+    model = build_model(cfg, stage) if model is None else model.to(resolve_device(cfg.device))
     data = TrainingData.load(cfg.data_dir, "train", cfg.max_train_molecules)
     objective = build_objective(stage, model, cfg, data)
 
@@ -126,6 +129,7 @@ def train_stage(stage: int, cfg: TrainConfig, progress: bool = True) -> StageRes
     bar = tqdm(total=cfg.steps, initial=start, desc=f"stage {stage}", unit="step", file=sys.stderr,
                disable=not progress)  # fmt: skip
     t0, samples = time.perf_counter(), 0
+    bad_streak, skipped = 0, 0
     for step in range(start, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(cfg, step)
@@ -144,15 +148,29 @@ def train_stage(stage: int, cfg: TrainConfig, progress: bool = True) -> StageRes
             for k, v in part.items():
                 parts[k] = parts.get(k, 0.0) + v / cfg.grad_accum
             samples += cfg.batch_size
-        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
-        optimizer.step()
+        norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+        if math.isfinite(total) and torch.isfinite(norm):
+            optimizer.step()
+            bad_streak = 0
+        else:
+            # A non-finite loss or gradient would turn every weight into NaN: skip the update, and stop
+            # with a clear error when it keeps happening (a bug, not one unlucky batch).
+            bad_streak += 1
+            skipped += 1
+            log.warning("stage %d step %d: non-finite loss %s or gradient norm %s; update skipped",
+                        stage, step + 1, total, float(norm))  # fmt: skip
+            if bad_streak >= MAX_NONFINITE_STREAK:
+                raise FloatingPointError(
+                    f"stage {stage}: {bad_streak} consecutive steps (up to step {step + 1}) had a non-finite "
+                    f"loss or gradient; the last resumable state is in {stage_dir / 'last'}"
+                )
         losses.append(total)
         rate = samples / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{total:.4f}", samples_s=f"{rate:.1f}")
         bar.update(1)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             record = {"step": step + 1, "loss": total, **parts, "lr": optimizer.param_groups[0]["lr"],
-                      "samples_per_s": rate, "time": time.time()}  # fmt: skip
+                      "samples_per_s": rate, "skipped_steps": skipped, "time": time.time()}  # fmt: skip
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
