@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import torch
 from benchlib import DEFAULT_SMILES, busy_warning, machine_info, now_iso, read_smiles_file, write_results
 
 
@@ -67,6 +66,8 @@ def stack_pss_bytes(root_pid: int) -> tuple[int, dict[str, int]]:
 
 def reference_style(model: Any, molecules: list[str], max_new_tokens: int) -> dict[str, Any]:
     """One molecule at a time, beam 5, no EOS stop (the reference's inference loop)."""
+    import torch  # not at the top: see main()
+
     from molm3d_core.chem import ConformerOptions, collate, parse_smiles
     from molm3d_core.pipeline import prepare_molecule
     from molm3d_core.prompts import CAPTION_INSTRUCTION
@@ -101,6 +102,8 @@ def reference_style(model: Any, molecules: list[str], max_new_tokens: int) -> di
 
 def lm_tokens_per_s(model: Any, batch_size: int, max_new_tokens: int, repeats: int = 2) -> dict[str, Any]:
     """Greedy decoding of `batch_size` caption prompts with EOS disabled."""
+    import torch  # not at the top: see main()
+
     from molm3d_core.prompts import CAPTION_INSTRUCTION
 
     lm = model.lm
@@ -176,13 +179,15 @@ def served(args: argparse.Namespace, molecules: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from molm3d_core.checkpoints import load_model
-
     warning = busy_warning()
     smiles = [s for s, _ in read_smiles_file(DEFAULT_SMILES)]
     served_molecules = [smiles[i % len(smiles)] for i in range(args.n_served)]
     print(f"served stack: {args.n_served} captions, {args.concurrency} in flight ...", file=sys.stderr)
     stack_result = served(args, served_molecules)
+
+    # Imported only now: the stack's PSS includes this process (it is the Ray driver, as `molm3d serve`
+    # is), and `molm3d serve` never imports torch or the model.
+    from molm3d_core.checkpoints import load_model
 
     model, info = load_model(args.checkpoint, device="cpu")
     print(f"reference-style path: {args.n_reference} captions ...", file=sys.stderr)

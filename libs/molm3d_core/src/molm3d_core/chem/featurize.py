@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from molm3d_core.errors import ErrorCode, MoleculeError
 
 if TYPE_CHECKING:
+    import torch
+
     from molm3d_core.chem.conformers import Conformer
 
 ATOM_DICTIONARY: tuple[str, ...] = (
@@ -166,6 +167,10 @@ def collate(features: Sequence[MoleculeFeatures]) -> dict[str, torch.Tensor]:
     Returns "src_tokens" (B, L) long, "src_coord" (B, L, 3) float32, "src_distance" (B, L, L) float32,
     "src_edge_type" (B, L, L) long and "padding_mask" (B, L) bool, True at padding.
     """
+    # torch is imported here, not at the top: the conformer service imports this package without
+    # ever collating, and importing torch costs each of its replicas ~250 MB.
+    import torch
+
     if not features:
         raise ValueError("collate needs at least one molecule")
     batch, length = len(features), max(f.atom_tokens.shape[0] for f in features)
