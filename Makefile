@@ -48,12 +48,12 @@ demo: setup
 	BIN=$(BIN) infra/demo.sh
 
 lint: setup
-	$(BIN)/ruff check libs services tests bench infra k8s
-	$(BIN)/ruff format --check libs services tests bench infra k8s
+	$(BIN)/ruff check libs services tests bench infra k8s models
+	$(BIN)/ruff format --check libs services tests bench infra k8s models
 
 format: setup
-	$(BIN)/ruff format libs services tests bench infra k8s
-	$(BIN)/ruff check --fix libs services tests bench infra k8s
+	$(BIN)/ruff format libs services tests bench infra k8s models
+	$(BIN)/ruff check --fix libs services tests bench infra k8s models
 
 test: setup lint
 	$(BIN)/pytest -q tests

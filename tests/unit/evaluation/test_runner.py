@@ -53,3 +53,18 @@ def test_eval_cli_writes_json_and_markdown(tiny_model, test_set, tmp_path, capsy
     assert set(rows) >= {"mw", "retrieval (full)"} and "caption" not in rows
     assert rows["mw"]["n"] == 3
     assert "| mw |" in (tmp_path / "r.md").read_text() and "mw" in capsys.readouterr().out
+
+
+def test_no_rerank_scores_retrieval_by_similarity_alone(tiny_model, test_set, tmp_path):
+    save_checkpoint(tiny_model, tmp_path / "ckpt", model_id="tiny-eval")
+    args = ["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(test_set), "--tasks", "retrieval",
+            "--json", str(tmp_path / "r.json")]  # fmt: skip
+    assert main([*args, "--no-rerank"]) == 0
+    plain = {s["title"]: s["rows"] for s in json.loads((tmp_path / "r.json").read_text())["sections"]}
+    assert set(plain[SECTION_CONFORMER]) == {"retrieval (in_batch)", "retrieval (full)"}
+    assert main(args) == 0
+    both = {s["title"]: s["rows"] for s in json.loads((tmp_path / "r.json").read_text())["sections"]}
+    assert set(both[SECTION_CONFORMER]) == {
+        f"retrieval ({s})" for s in ("in_batch", "full", "in_batch_rerank", "full_rerank")
+    }
+    assert both[SECTION_CONFORMER]["retrieval (full)"] == plain[SECTION_CONFORMER]["retrieval (full)"]

@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--beams", type=int, default=1, help="beam width (the paper used 5)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--no-rerank", action="store_true", help="retrieval without the matching-head re-rank (fast)")
     p.set_defaults(handler=run)
 
 
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     model, info = load_model(args.checkpoint, device=args.device)
     baseline = load_model(args.smiles_only_checkpoint, device=args.device)[0] if args.smiles_only_checkpoint else None
     opts = EvalOptions(split=args.split, tasks=tuple(args.tasks), limit=args.limit, batch_size=args.batch_size,
+                       rerank=not args.no_rerank,
                        decoding=DecodingOptions(num_beams=args.beams, max_new_tokens=args.max_new_tokens),
                        progress=sys.stderr.isatty())  # fmt: skip
     report = evaluate(model, args.data, opts, smiles_only=baseline, model_id=info.model_id)
