@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def small_model():
-    """The default architecture with the real packaged SmolLM2 and untrained molecule weights (fp32)."""
+    """The default checkpoint (models/molm3d-small, else the untrained small preset) on the real SmolLM2, fp32."""
     from molm3d_core.checkpoints import load_model
 
     model, info = load_model(None, device="cpu", dtype="float32", preset="small")

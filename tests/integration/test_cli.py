@@ -1,4 +1,4 @@
-"""`molm3d` end to end on the real default LM (untrained molecule weights until a checkpoint ships)."""
+"""`molm3d` end to end on the real default LM and the default checkpoint (models/molm3d-small)."""
 
 from __future__ import annotations
 
