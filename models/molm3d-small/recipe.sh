@@ -21,3 +21,10 @@ $M train 3 --config $CFG --data "$DATA" --output "$RUN" --steps 800    # instruc
 $M export --checkpoint "$RUN/stage3/final" -o "$RUN/molm3d-small" --model-id molm3d-small  # fp16, <= 60 MB
 # Baseline (a): the same LM and LoRA, same number of LM samples (stages 2+3), SMILES-only prompts.
 $M train 3 --config $CFG --data "$DATA" --output "$RUN-smiles" --steps 860 --smiles-only
+# Evaluation for the model card (test split, 100 examples per task; retrieval on the whole test set
+# without the slow matching-head re-rank, and with it inside the first command's 100 pairs).
+mkdir -p "$RUN/eval"
+$M eval --checkpoint "$RUN/stage3/final" --data "$DATA" --limit 100 --json "$RUN/eval/small-3d.json" --markdown "$RUN/eval/small-3d.md"
+$M eval --checkpoint "$RUN/stage3/final" --data "$DATA" --tasks retrieval --no-rerank --json "$RUN/eval/small-3d-retrieval-full.json"
+$M eval --checkpoint "$RUN-smiles/stage3/final" --data "$DATA" --limit 100 --json "$RUN/eval/small-smiles.json" --markdown "$RUN/eval/small-smiles.md"
+.venv/bin/python models/molm3d-small/token_ablation.py --checkpoint "$RUN/stage3/final" --data "$DATA" --limit 100
