@@ -1,12 +1,16 @@
-"""Shared helpers of the benchmark scripts: the molecule list, machine facts and the results file."""
+"""Shared helpers of the benchmark scripts: the molecule list, machine facts, the results file, and
+the local serving stack."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +93,28 @@ def busy_warning(threshold: float | None = None) -> str | None:
     if load is not None and load[0] > limit:
         return f"1-minute load average is {load[0]} on {cpus} CPUs: other processes may distort the timings"
     return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_stack(checkpoint: str | None = None, **overrides: Any) -> Iterator[str]:
+    """The served stack of services/serve.yaml on free ports (Ray started here, no dashboard): yields the
+    gRPC target once every application is RUNNING, and stops it all on exit. `overrides` go to
+    `stack.override` (kafka=, deployments=, ...)."""
+    from molm3d_services import stack
+
+    grpc_port = free_port()
+    config = stack.override(stack.load_config(), http_port=free_port(), grpc_port=grpc_port,
+                            checkpoint=checkpoint or "", **overrides)  # fmt: skip
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    stack.start(config)
+    try:
+        stack.wait_ready(config)
+        yield f"127.0.0.1:{grpc_port}"
+    finally:
+        stack.stop()

@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import busy_warning, machine_info, now_iso, write_results
+from benchlib import busy_warning, local_stack, machine_info, now_iso, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.broker: the broker launcher's wrapper
 
-from tests.broker import Broker, free_port
+from tests.broker import Broker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -189,7 +189,6 @@ class _Reconnect(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from molm3d_services import stack
     from molm3d_services.bulk.config import KafkaSettings
 
     warning = busy_warning()
@@ -198,41 +197,24 @@ def main(argv: list[str] | None = None) -> int:
     broker.up()
     settings = KafkaSettings(bootstrap=broker.bootstrap, session_timeout_ms=6000)
     max_batch, in_flight = 32, 2
-    grpc_port = free_port()
-    config = stack.override(
-        stack.load_config(),
-        http_port=free_port(),
-        grpc_port=grpc_port,
-        checkpoint=args.checkpoint or "",
-        kafka=broker.bootstrap,
-        deployments={
-            "BulkWorker": {
-                "user_config": {
-                    "kafka": {"bootstrap": broker.bootstrap, "session_timeout_ms": 6000},
-                    "max_batch": max_batch,
-                    "max_in_flight_batches": in_flight,
-                }
-            }
-        },
-    )
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    worker = {"kafka": {"bootstrap": broker.bootstrap, "session_timeout_ms": 6000},
+              "max_batch": max_batch, "max_in_flight_batches": in_flight}  # fmt: skip
     sample = qm9_sample(2 * args.n + args.n_drill)
     direct_smiles, kafka_smiles, drill_smiles = sample[: args.n], sample[args.n : 2 * args.n], sample[2 * args.n :]
     write_job(tmp / "throughput.smi", kafka_smiles)
     write_job(tmp / "drill.smi", drill_smiles)
-    stack.start(config)
     try:
-        stack.wait_ready(config)
-        target = f"127.0.0.1:{grpc_port}"
-        asyncio.run(direct(target, direct_smiles[:64], max_batch * in_flight))  # warm-up
-        print(f"direct: {args.n} embeds, {max_batch * in_flight} in flight ...", file=sys.stderr)
-        direct_s = asyncio.run(direct(target, direct_smiles, max_batch * in_flight))
-        print(f"kafka: one job of {args.n} embeds ...", file=sys.stderr)
-        kafka_s, state = kafka_run(settings, tmp / "throughput.smi")
-        print(f"crash drill: {args.n_drill} embeds, worker killed 3x, broker restarted once ...", file=sys.stderr)
-        drill_result = drill(settings, broker, tmp / "drill.smi", args.n_drill)
+        with local_stack(
+            args.checkpoint, kafka=broker.bootstrap, deployments={"BulkWorker": {"user_config": worker}}
+        ) as target:
+            asyncio.run(direct(target, direct_smiles[:64], max_batch * in_flight))  # warm-up
+            print(f"direct: {args.n} embeds, {max_batch * in_flight} in flight ...", file=sys.stderr)
+            direct_s = asyncio.run(direct(target, direct_smiles, max_batch * in_flight))
+            print(f"kafka: one job of {args.n} embeds ...", file=sys.stderr)
+            kafka_s, state = kafka_run(settings, tmp / "throughput.smi")
+            print(f"crash drill: {args.n_drill} embeds, worker killed 3x, broker restarted once ...", file=sys.stderr)
+            drill_result = drill(settings, broker, tmp / "drill.smi", args.n_drill)
     finally:
-        stack.stop()
         broker.down()
     results = {
         "bench": "bulk",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchlib import DEFAULT_SMILES, busy_warning, machine_info, now_iso, read_smiles_file, write_results
+from benchlib import DEFAULT_SMILES, busy_warning, local_stack, machine_info, now_iso, read_smiles_file, write_results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,12 +38,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lm-batch", type=int, default=32, help="the large LM batch compared with batch 1")
     p.add_argument("--output", help="results file (default bench/results/serving.json)")
     return p.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stack_pss_bytes(root_pid: int) -> tuple[int, dict[str, int]]:
@@ -136,22 +129,11 @@ def lm_tokens_per_s(model: Any, batch_size: int, max_new_tokens: int, repeats: i
 def served(args: argparse.Namespace, molecules: list[str]) -> dict[str, Any]:
     from molm3d.v1 import common_pb2
 
-    from molm3d_services import stack
     from molm3d_services.client import GatewayClient
 
-    grpc_port = free_port()
-    config = stack.override(
-        stack.load_config(),
-        http_port=free_port(),
-        grpc_port=grpc_port,
-        checkpoint=args.checkpoint or "",
-        deployments={"Gateway": {"user_config": {"request_timeout_s": 1800}}},
-    )
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    stack.start(config)
-    try:
-        stack.wait_ready(config)
-        client = GatewayClient(f"127.0.0.1:{grpc_port}", timeout_s=600)
+    gateway = {"Gateway": {"user_config": {"request_timeout_s": 1800}}}
+    with local_stack(args.checkpoint, deployments=gateway) as target:
+        client = GatewayClient(target, timeout_s=600)
 
         def caption(smiles: str) -> Any:
             return client.caption(common_pb2.MoleculeInput(text=smiles), max_new_tokens=args.max_new_tokens)
@@ -163,8 +145,6 @@ def served(args: argparse.Namespace, molecules: list[str]) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         pss, per_process = stack_pss_bytes(os.getpid())
         client.close()
-    finally:
-        stack.stop()
     return {
         "captions": len(answers),
         "seconds": seconds,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
-
-import torch
-
-from molm3d_core.checkpoints import CheckpointInfo, load_model
-from molm3d_core.models import MoLM3D
+from typing import TYPE_CHECKING, Any
 
 from .stage import Stage
+
+if TYPE_CHECKING:  # `model_settings` serves torch-free stages too
+    from molm3d_core.checkpoints import CheckpointInfo
+    from molm3d_core.models import MoLM3D
 
 
 def model_settings(config: dict[str, Any]) -> tuple[Any, ...]:
@@ -28,18 +27,23 @@ class ModelStage(Stage):
     one core.
     """
 
-    with_lm = False
+    with_lm = False  # which parts of the model the stage holds
+    with_molecule = True
     _settings: tuple[Any, ...] | None = None
     model: MoLM3D
     info: CheckpointInfo
 
     def _configure_model(self, config: dict[str, Any]) -> bool:
         """Apply the thread count; (re)load the model when needed. True when a model was loaded."""
+        import torch
+
+        from molm3d_core.checkpoints import load_model
+
         torch.set_num_threads(int(config.get("num_threads") or 0) or (os.cpu_count() or 1))
         settings = model_settings(config)
         if settings == self._settings:
             return False
         self.model, self.info = load_model(settings[0], device=settings[1], dtype=settings[2], preset=settings[3],
-                                           with_lm=self.with_lm)  # fmt: skip
+                                           with_lm=self.with_lm, with_molecule=self.with_molecule)  # fmt: skip
         self._settings = settings
         return True

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from molm3d.v1 import common_pb2
+
+if TYPE_CHECKING:  # torch-free stages (retrieval) read tensors as numpy arrays
+    import torch
 
 _WIRE = {"float32": "<f4", "float16": "<f2", "bfloat16": "<i2"}  # numpy has no bfloat16: ship its bits
 
 
 def to_proto(t: torch.Tensor) -> common_pb2.Tensor:
+    import torch
+
     t = t.detach().cpu().contiguous()
     dtype = str(t.dtype).removeprefix("torch.")
     if dtype not in _WIRE:
@@ -20,8 +25,9 @@ def to_proto(t: torch.Tensor) -> common_pb2.Tensor:
     return common_pb2.Tensor(shape=list(t.shape), dtype=dtype, data=arr.astype(_WIRE[dtype], copy=False).tobytes())
 
 
-def from_proto(msg: common_pb2.Tensor) -> torch.Tensor:
-    """The tensor; ValueError for an unknown dtype or data that does not fit the shape."""
+def _wire_array(msg: common_pb2.Tensor) -> np.ndarray:
+    """The packed values in native byte order (bfloat16 as its int16 bits); ValueError for an unknown
+    dtype or data that does not fit the shape."""
     if msg.dtype not in _WIRE:
         raise ValueError(f"unsupported tensor dtype {msg.dtype!r}; expected one of {sorted(_WIRE)}")
     shape = tuple(msg.shape)
@@ -32,7 +38,21 @@ def from_proto(msg: common_pb2.Tensor) -> torch.Tensor:
             f"got {len(msg.data)}"
         )
     arr = np.frombuffer(msg.data, dtype=_WIRE[msg.dtype])
-    t = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=True))
-    if msg.dtype == "bfloat16":
-        t = t.view(torch.bfloat16)
-    return t.reshape(shape)
+    return arr.astype(arr.dtype.newbyteorder("="), copy=True).reshape(shape)
+
+
+def from_proto(msg: common_pb2.Tensor) -> torch.Tensor:
+    """The tensor, in its wire dtype; ValueError as `array_from_proto`."""
+    import torch
+
+    t = torch.from_numpy(_wire_array(msg))
+    return t.view(torch.bfloat16) if msg.dtype == "bfloat16" else t
+
+
+def array_from_proto(msg: common_pb2.Tensor) -> np.ndarray:
+    """The values as a float32 numpy array, without torch; ValueError for an unknown dtype or data that
+    does not fit the shape."""
+    arr = _wire_array(msg)
+    if msg.dtype == "bfloat16":  # bfloat16 is the upper half of a float32
+        return (arr.astype(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return arr.astype(np.float32)

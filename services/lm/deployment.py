@@ -61,6 +61,7 @@ class _QueueStreamer(BaseStreamer):
 class LMStage(ModelStage):
     stage = "lm"
     with_lm = True
+    with_molecule = False  # molecule tokens arrive projected, from the encoder stage
 
     def __init__(self) -> None:
         self.reconfigure({})

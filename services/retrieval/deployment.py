@@ -5,12 +5,19 @@ user_config; built with `molm3d index build`). Without them it indexes the small
 `library/` at start. Index folders are checked against the served checkpoint (embeddings of another
 checkpoint are refused) and reloaded when a new version is published (polled every
 `reload_interval_s`; readers never see a half-written version).
+
+The replica holds FAISS and the records only: the checkpoint's fingerprint and the example library's
+embeddings come from a child process (`prepare.py`) that loads the model and exits, so torch and the
+weights never stay resident here (~550 MB less per replica).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,41 +25,46 @@ from typing import Any
 from molm3d.v1 import retrieval_pb2
 from ray import serve
 
-from molm3d_core.retrieval import EmbeddingSource, RetrievalIndex, build_index
-from molm3d_core.retrieval.folder import current_version
+from molm3d_core.retrieval.folder import RetrievalIndex
+from molm3d_core.retrieval.manifest import current_version
+from molm3d_core.retrieval.provenance import EmbeddingSource
 
-from ..common.model import ModelStage
-from ..common.stage import invalid_request, rpc
-from ..common.tensors import from_proto
+from ..common.model import model_settings
+from ..common.stage import Stage, invalid_request, rpc
+from ..common.tensors import array_from_proto
+from .prepare import SOURCE_FILE
 
 log = logging.getLogger("molm3d.services")
-LIBRARY = Path(__file__).with_name("library")
 MAX_K = 1_000
+PREPARE_TIMEOUT_S = 900
 
 
 @serve.deployment(name="Retrieval")
-class RetrievalStage(ModelStage):
+class RetrievalStage(Stage):
     stage = "retrieval"
 
     def __init__(self) -> None:
         self._folders: dict[str, Path] = {}
+        self._prepared: tuple[Any, ...] | None = None  # (model settings, with library)
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._watch: asyncio.Task | None = None
         self.reconfigure({})
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
-        if self._configure_model(config):
-            self.source = EmbeddingSource.of(self.model, self.info)
         self.reload_interval_s = float(config.get("reload_interval_s", 10))
         folders = {"molecules": config.get("molecule_index") or "", "texts": config.get("text_index") or ""}
-        if not all(folders.values()):
-            self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="molm3d-retrieval-")
+        library = not all(folders.values())
+        prepared = (model_settings(config), library)
+        if prepared != self._prepared:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+            self._tmp = tempfile.TemporaryDirectory(prefix="molm3d-retrieval-")
+            self.source = _prepare(Path(self._tmp.name), prepared[0], library)
+            self._prepared = prepared
         for content, folder in folders.items():
-            path = Path(folder) if folder else Path(self._tmp.name) / content
-            if not folder:  # the example library, embedded by the served checkpoint
-                build_index(path, self.model, self.info, **{content: LIBRARY / _LIBRARY_FILES[content]})
-            self._folders[content] = path
+            # Empty: the example library, indexed with the served checkpoint by _prepare.
+            self._folders[content] = Path(folder) if folder else Path(self._tmp.name) / content
         self.indexes = {content: self._open(content) for content in self._folders}
 
     def _open(self, content: str) -> RetrievalIndex:
@@ -88,7 +100,7 @@ class RetrievalStage(ModelStage):
         if not 1 <= k <= MAX_K:
             raise invalid_request(f"k must be in 1..{MAX_K}, got {k}")
         try:
-            query = from_proto(getattr(request, which)).float().numpy()
+            query = array_from_proto(getattr(request, which))
         except ValueError as err:
             raise invalid_request(f"{which}: {err}") from None
         index = self.indexes["texts" if which == "molecule_embedding" else "molecules"]
@@ -107,7 +119,21 @@ class RetrievalStage(ModelStage):
         return True
 
 
-_LIBRARY_FILES = {"molecules": "molecules.smi", "texts": "texts.jsonl"}
+def _prepare(out: Path, settings: tuple[Any, ...], library: bool) -> EmbeddingSource:
+    """Run prepare.py for the checkpoint of `settings` (see model_settings); its EmbeddingSource."""
+    checkpoint, device, dtype, preset = settings
+    cmd = [sys.executable, "-m", "molm3d_services.retrieval.prepare", "--out", str(out),
+           "--device", device, "--dtype", dtype, "--preset", preset]  # fmt: skip
+    if checkpoint:
+        cmd += ["--checkpoint", checkpoint]
+    if library:
+        cmd.append("--library")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=PREPARE_TIMEOUT_S)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"retrieval: preparing checkpoint {checkpoint or '(default)'} failed:\n{done.stderr[-4000:]}"
+        )
+    return EmbeddingSource.from_dict(json.loads((out / SOURCE_FILE).read_text()))
 
 
 def _fields(record: dict[str, Any]) -> dict[str, str]:

@@ -131,7 +131,7 @@ def text_index(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) 
     """The example texts, indexed by the tiny checkpoint (the molecule index stays the built-in one)."""
     from molm3d_core.checkpoints import load_model
     from molm3d_core.retrieval import build_index
-    from molm3d_services.retrieval.deployment import LIBRARY
+    from molm3d_services.retrieval.prepare import LIBRARY
 
     model, info = load_model(tiny_checkpoint, device="cpu", dtype="float32", with_lm=False)
     folder = tmp_path_factory.mktemp("index") / "texts"

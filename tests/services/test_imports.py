@@ -8,7 +8,10 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["services.conformer.deployment", "services.gateway.deployment", "services.cli"])
+@pytest.mark.parametrize(
+    "module",
+    ["services.conformer.deployment", "services.gateway.deployment", "services.retrieval.deployment", "services.cli"],
+)
 def test_module_does_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

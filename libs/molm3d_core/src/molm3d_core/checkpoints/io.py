@@ -96,8 +96,10 @@ def load_model(
     dtype: str = "auto",
     preset: str = "small",
     with_lm: bool = True,
+    with_molecule: bool = True,
 ) -> tuple[MoLM3D, CheckpointInfo]:
-    """A ready-to-use model in eval mode (`with_lm=False`: the molecule side only, no LM weights).
+    """A ready-to-use model in eval mode (`with_lm=False`: the molecule side only, no LM weights;
+    `with_molecule=False`: the LM and its input projector only, no encoder or Q-Former weights).
 
     Without a checkpoint (none given and no default found) this is the `preset` architecture with
     untrained encoder/projector weights, seeded: outputs are deterministic but not meaningful, and
@@ -108,14 +110,16 @@ def load_model(
     path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
     if path is None:
         log.info("no trained checkpoint found: using an UNTRAINED %s model (projector and encoder random)", preset)
-        model = MoLM3D(MoLM3DConfig.preset_config(preset), dtype=torch_dtype, with_lm=with_lm)
+        model = MoLM3D(MoLM3DConfig.preset_config(preset), dtype=torch_dtype, with_lm=with_lm,
+                       with_molecule=with_molecule)  # fmt: skip
         info = CheckpointInfo(model_id=f"molm3d-{preset}-untrained", trained=False)
     else:
         config = read_checkpoint_config(path)
         model_config = MoLM3DConfig.from_dict(config["config"])
         # The BERT weights are needed when the checkpoint references its vocabulary rows.
         init_bert = not model_config.qformer.train_word_embeddings
-        model = MoLM3D(model_config, dtype=torch_dtype, init_bert=init_bert, with_lm=with_lm)
+        model = MoLM3D(model_config, dtype=torch_dtype, init_bert=init_bert, with_lm=with_lm,
+                       with_molecule=with_molecule)  # fmt: skip
         model.load_trainable_state_dict(load_file(str(path / WEIGHTS_FILE)))
         info = CheckpointInfo(
             model_id=config["model_id"],

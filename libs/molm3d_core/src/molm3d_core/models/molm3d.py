@@ -107,25 +107,32 @@ class MoLM3D(nn.Module):
         meta: bool = False,
         init_bert: bool = True,
         with_lm: bool = True,
+        with_molecule: bool = True,
     ) -> None:
         """Build the model; `init_bert` loads the Q-Former's BERT weights when their shapes fit
         (skip it when a checkpoint will overwrite them anyway). `meta` builds shapes only.
         `with_lm=False` leaves the language model out (`self.lm` is None): the encoder service
-        needs the molecule side only and should not hold the LM's weights."""
+        needs the molecule side only and should not hold the LM's weights. `with_molecule=False`
+        leaves the molecule side out (encoder, Q-Former, contrastive and matching heads are None;
+        `llm_proj` stays): the LM service decodes from molecule tokens projected elsewhere."""
         super().__init__()
         from transformers import AutoTokenizer
 
         self.config = config
+        self.with_molecule = with_molecule
         torch.manual_seed(config.seed)
         device = torch.device("meta") if meta else torch.device("cpu")
-        with device:
-            self.encoder = UniMolEncoder(config.encoder)
-            self.ln_graph = nn.LayerNorm(config.encoder.embed_dim)
-            self.qformer = QFormer(config.qformer)
-            hq = config.qformer.hidden_size
-            self.graph_proj = nn.Linear(hq, config.embed_dim)
-            self.text_proj = nn.Linear(hq, config.embed_dim)
-            self.gtm_head = nn.Linear(hq, 2)
+        hq = config.qformer.hidden_size
+        if with_molecule:
+            with device:
+                self.encoder = UniMolEncoder(config.encoder)
+                self.ln_graph = nn.LayerNorm(config.encoder.embed_dim)
+                self.qformer = QFormer(config.qformer)
+                self.graph_proj = nn.Linear(hq, config.embed_dim)
+                self.text_proj = nn.Linear(hq, config.embed_dim)
+                self.gtm_head = nn.Linear(hq, 2)
+        else:
+            self.encoder = self.ln_graph = self.qformer = self.graph_proj = self.text_proj = self.gtm_head = None
         lm = MolLM(config.lm, dtype=dtype, meta=meta or not with_lm)
         # Re-seed: building the LM may draw random numbers (random_init) or not (meta, with_lm=False),
         # and the projector must come out the same either way.
@@ -136,7 +143,7 @@ class MoLM3D(nn.Module):
 
         self.text_tokenizer = None
         self.bert_fits = False  # the BERT's weights fit (and initialise) this Q-Former
-        if config.qformer.bert_path is not None:
+        if config.qformer.bert_path is not None and with_molecule:
             self.text_tokenizer = AutoTokenizer.from_pretrained(resolve_asset(config.qformer.bert_path))
             self.text_tokenizer.add_special_tokens({"bos_token": DEC_TOKEN})
             if len(self.text_tokenizer) != config.qformer.vocab_size:
@@ -249,6 +256,8 @@ class MoLM3D(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything except the base LM's weights, which checkpoints reference by name (and the
         pretrained Q-Former vocabulary rows, when they are kept frozen: see QFormerConfig)."""
+        if not self.with_molecule:
+            raise ValueError("a model built with with_molecule=False holds no molecule side: it cannot be saved")
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
         if self.pretrained_text_rows:
             state[NEW_TEXT_ROWS] = state.pop(WORD_EMBEDDINGS)[self.pretrained_text_rows :].clone()
@@ -258,7 +267,11 @@ class MoLM3D(nn.Module):
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         own = {k: v for k, v in state.items() if not k.startswith("lm.") and k != NEW_TEXT_ROWS}
-        if NEW_TEXT_ROWS in state:  # pretrained rows come from the BERT (load with init_bert=True)
+        if not self.with_molecule:  # only the projector into the LM is held
+            own = {k: v for k, v in own.items() if k.startswith("llm_proj.")}
+        if (
+            NEW_TEXT_ROWS in state and self.with_molecule
+        ):  # pretrained rows come from the BERT (load with init_bert=True)
             rows = self.pretrained_text_rows
             if not rows:
                 raise ValueError(f"checkpoint stores only {NEW_TEXT_ROWS} but the Q-Former has no frozen BERT rows")

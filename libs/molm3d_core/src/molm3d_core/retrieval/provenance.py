@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..checkpoints import CheckpointInfo
-from ..models import MoLM3D
+if TYPE_CHECKING:  # reading an index's provenance needs no torch
+    from ..checkpoints import CheckpointInfo
+    from ..models import MoLM3D
 
 
 class EmbeddingMismatchError(ValueError):
@@ -22,6 +21,8 @@ def weights_fingerprint(model: MoLM3D) -> str:
     Cast to float32 so that one checkpoint loaded in fp32 or bf16 has one fingerprint; the LM plays no
     part in retrieval. About 0.2 s for the `small` model.
     """
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         if name.startswith(("lm.", "llm_proj.")):
