@@ -1,8 +1,9 @@
 """LM stage (large GPU): prompt + molecule tokens -> text, batched, EOS-stopped, streamed on request.
 
-Concurrent Generate calls are batched (`@serve.batch`); within a batch, requests with the same
-decoding options run as one model call. GenerateStream decodes its request alone and sends text
-as tokens arrive (greedy only, a transformers limit: with beams the text comes in one chunk).
+Concurrent Generate calls are batched (`batcher.Batcher`: a batch stays open while requests keep
+arriving); within a batch, requests with the same decoding options run as one model call.
+GenerateStream decodes its request alone and sends text as tokens arrive (greedy only, a
+transformers limit: with beams the text comes in one chunk).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from molm3d_core.models import DecodingOptions, Generation
 from ..common.model import ModelStage
 from ..common.stage import invalid_request, rpc, rpc_stream
 from ..common.tensors import from_proto
+from .batcher import Batcher
 
 log = logging.getLogger("ray.serve")
 
@@ -64,6 +66,7 @@ class LMStage(ModelStage):
     with_molecule = False  # molecule tokens arrive projected, from the encoder stage
 
     def __init__(self) -> None:
+        self.batcher: Batcher[_Job, Generation] = Batcher(self._generate_batch)
         self.reconfigure({})
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -73,8 +76,11 @@ class LMStage(ModelStage):
         self.max_new_tokens_limit = int(config.get("max_new_tokens_limit", 512))
         self.max_beams = int(config.get("max_beams", 5))
         self.max_instruction_chars = int(config.get("max_instruction_chars", 2_000))
-        self._generate_batch.set_max_batch_size(int(config.get("max_batch_size", 16)))
-        self._generate_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.02)))
+        self.batcher.configure(
+            max_batch_size=int(config.get("max_batch_size", 32)),
+            max_wait_s=float(config.get("batch_wait_timeout_s", 2.0)),
+            idle_s=float(config.get("batch_idle_s", 0.25)),
+        )
 
     def _job(self, request: lm_pb2.GenerateRequest) -> _Job:
         """Validate a request against this model and the per-request limits."""
@@ -119,7 +125,6 @@ class LMStage(ModelStage):
             mol = torch.stack([j.mol for j in jobs]).to(m.device, dtype=m.llm_proj.weight.dtype)
         return m.lm.generate([j.prompt for j in jobs], mol, jobs[0].decoding, streamer=streamer)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
     async def _generate_batch(self, jobs: list[_Job]) -> list[Generation]:
         self.metrics.batch(len(jobs))
         groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
@@ -141,14 +146,14 @@ class LMStage(ModelStage):
 
     @rpc
     async def Generate(self, request: lm_pb2.GenerateRequest, grpc_context: Any = None) -> lm_pb2.GenerateResult:
-        g = await self._generate_batch(self._job(request))
+        g = await self.batcher.submit(self._job(request))
         return lm_pb2.GenerateResult(text=g.text, num_tokens=g.num_tokens, finish_reason=g.finish_reason)
 
     @rpc_stream
     async def GenerateStream(self, request: lm_pb2.GenerateRequest, grpc_context: Any = None):
         job = self._job(request)
         if job.decoding.num_beams > 1:
-            g = await self._generate_batch(job)
+            g = await self.batcher.submit(job)
             yield lm_pb2.TokenChunk(text=g.text, num_tokens=g.num_tokens, finish_reason=g.finish_reason)
             return
         self.metrics.batch(1)

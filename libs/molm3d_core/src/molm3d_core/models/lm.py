@@ -62,6 +62,14 @@ class TokenizedPrompts:
     labels: torch.Tensor | None = None  # (B, T), -100 outside the targets
 
 
+def lm_hidden_size(config: LMConfig) -> int:
+    """The LM's hidden size, read from its config without building it."""
+    from transformers import AutoConfig
+
+    overrides = config.random_init or {}
+    return int(overrides.get("hidden_size") or AutoConfig.from_pretrained(resolve_asset(config.base)).hidden_size)
+
+
 class MolLM(nn.Module):
     def __init__(self, config: LMConfig, dtype: torch.dtype = torch.float32, meta: bool = False) -> None:
         super().__init__()

@@ -19,7 +19,7 @@ from torch import nn
 from ..assets import resolve_asset
 from ..prompts import CAPTION_INSTRUCTION, build_prompt
 from .encoder3d import UniMolConfig, UniMolEncoder
-from .lm import DecodingOptions, Generation, LMConfig, MolLM
+from .lm import DecodingOptions, Generation, LMConfig, MolLM, lm_hidden_size
 from .qformer import QFormer, QFormerConfig
 
 DEC_TOKEN = "[DEC]"  # BLIP-2's decoder start token for the Q-Former's captioning loss
@@ -133,13 +133,15 @@ class MoLM3D(nn.Module):
                 self.gtm_head = nn.Linear(hq, 2)
         else:
             self.encoder = self.ln_graph = self.qformer = self.graph_proj = self.text_proj = self.gtm_head = None
-        lm = MolLM(config.lm, dtype=dtype, meta=meta or not with_lm)
+        # Without the LM only its hidden size is read (building even a meta LM costs a replica ~180 MB:
+        # peft and the LM tokenizer).
+        lm = MolLM(config.lm, dtype=dtype, meta=meta) if with_lm else None
         # Re-seed: building the LM may draw random numbers (random_init) or not (meta, with_lm=False),
         # and the projector must come out the same either way.
         torch.manual_seed(config.seed + 1)
         with device:
-            self.llm_proj = nn.Linear(hq, lm.hidden_size)
-        self.lm: MolLM | None = lm if with_lm else None
+            self.llm_proj = nn.Linear(hq, lm.hidden_size if lm is not None else lm_hidden_size(config.lm))
+        self.lm: MolLM | None = lm  # registered after llm_proj: parameter order is kept in optimizer states
 
         self.text_tokenizer = None
         self.bert_fits = False  # the BERT's weights fit (and initialise) this Q-Former
