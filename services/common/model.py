@@ -22,9 +22,10 @@ class ModelStage(Stage):
     """A stage holding a checkpoint (`self.model`, `self.info`), reloaded when its settings change.
 
     `checkpoint` empty/absent = the library default ($MOLM3D_CHECKPOINT, then models/molm3d-small).
-    `num_threads`: torch CPU threads of this replica (0 = every core of the machine). Ray sets
-    OMP_NUM_THREADS from a replica's num_cpus (1 for fractions), which would leave a CPU-bound LM on
-    one core.
+    `num_threads`: torch CPU threads of this replica (0 = every core but one: the other stages and
+    Ray's processes need one, and an OpenMP team that shares every core with them stalls at each
+    barrier; measured on 2 cores, the LM replica decoded a batch of 32 in 32 s with 1 thread and
+    41 s with 2).
     """
 
     with_lm = False  # which parts of the model the stage holds
@@ -39,7 +40,7 @@ class ModelStage(Stage):
 
         from molm3d_core.checkpoints import load_model
 
-        torch.set_num_threads(int(config.get("num_threads") or 0) or (os.cpu_count() or 1))
+        torch.set_num_threads(int(config.get("num_threads") or 0) or max(1, (os.cpu_count() or 1) - 1))
         settings = model_settings(config)
         if settings == self._settings:
             return False
