@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +19,23 @@ def model_settings(config: dict[str, Any]) -> tuple[Any, ...]:
     """What decides which model a stage holds: a change means reloading it."""
     return (config.get("checkpoint") or None, config.get("device") or "auto", config.get("dtype") or "auto",
             config.get("preset") or "small")  # fmt: skip
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by the last model call (KV cache, activations) back to the OS. glibc keeps it
+    in the worker thread's arena otherwise: measured, an LM replica held 340 MiB more after a batch
+    of 32 captions than before it. No-op where there is no malloc_trim (not glibc)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 class ModelStage(Stage):

@@ -23,7 +23,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from molm3d_core.models import DecodingOptions, Generation
 
-from ..common.model import ModelStage
+from ..common.model import ModelStage, release_freed_memory
 from ..common.stage import invalid_request, rpc, rpc_stream
 from ..common.tensors import from_proto
 from .batcher import Batcher
@@ -123,7 +123,10 @@ class LMStage(ModelStage):
         mol = None
         if jobs[0].mol is not None:
             mol = torch.stack([j.mol for j in jobs]).to(m.device, dtype=m.llm_proj.weight.dtype)
-        return m.lm.generate([j.prompt for j in jobs], mol, jobs[0].decoding, streamer=streamer)
+        try:
+            return m.lm.generate([j.prompt for j in jobs], mol, jobs[0].decoding, streamer=streamer)
+        finally:
+            release_freed_memory()
 
     async def _generate_batch(self, jobs: list[_Job]) -> list[Generation]:
         self.metrics.batch(len(jobs))
