@@ -61,6 +61,7 @@ test: setup lint
 bench: setup
 	$(BIN)/python bench/encoder_throughput.py
 	$(BIN)/python bench/conformers.py
+	$(BIN)/python bench/serving.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -9,7 +9,7 @@
 
 Same checkpoint everywhere (default: the library default, see `molm3d caption --help`).
 
-    .venv/bin/python bench/serving.py [--checkpoint DIR] [--n-served 64] [--n-reference 6]
+    .venv/bin/python bench/serving.py [--checkpoint DIR] [--n-served 32] [--n-reference 4]
 
 Writes bench/results/serving.json and prints a summary.
 """
@@ -32,8 +32,8 @@ from benchlib import DEFAULT_SMILES, busy_warning, local_stack, machine_info, no
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="checkpoint folder (default: the library default)")
-    p.add_argument("--n-served", type=int, default=64, help="captions through the served stack")
-    p.add_argument("--n-reference", type=int, default=6, help="captions on the reference-style path (slow)")
+    p.add_argument("--n-served", type=int, default=32, help="captions through the served stack")
+    p.add_argument("--n-reference", type=int, default=4, help="captions on the reference-style path (slow)")
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight against the stack")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--lm-batch", type=int, default=32, help="the large LM batch compared with batch 1")

@@ -101,6 +101,8 @@ def test_differences_from_the_local_config_are_exactly_these(rendered, local):
         f"{lm}.ray_actor_options.num_gpus",
         f"{lm}.ray_actor_options.resources",
         f"{lm}.user_config.num_threads",
+        f"{lm}.user_config.batch_idle_s",
+        f"{lm}.user_config.batch_wait_timeout_s",
         f"{retrieval}.num_replicas",
         f"{retrieval}.ray_actor_options.num_cpus",
         f"{retrieval}.user_config.molecule_index",
