@@ -77,7 +77,9 @@ class Batcher(Generic[T, R]):
                 continue
             try:
                 results = await self.run([item for item, _ in batch])
-            except Exception as exc:
+                if len(results) != len(batch):
+                    raise RuntimeError(f"a batch of {len(batch)} requests gave {len(results)} results")
+            except Exception as exc:  # the callers get the error; the worker lives on for the next batch
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)

@@ -8,7 +8,7 @@ checkpoint are refused) and reloaded when a new version is published (polled eve
 
 The replica holds FAISS and the records only: the checkpoint's fingerprint and the example library's
 embeddings come from a child process (`prepare.py`) that loads the model and exits, so torch and the
-weights never stay resident here (~550 MB less per replica).
+weights never stay resident here (measured PSS of the replica: 0.72 GiB before, 0.12 GiB after).
 """
 
 from __future__ import annotations

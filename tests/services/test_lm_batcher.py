@@ -104,3 +104,22 @@ def test_callers_that_gave_up_are_left_out_of_the_batch():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="max_batch_size=0"):
         Batcher(Recorder(), max_batch_size=0)
+
+
+def test_a_model_call_that_loses_results_fails_its_batch_and_the_next_batch_still_runs():
+    calls = []
+
+    async def lossy(items: list[int]) -> list[int]:
+        calls.append(items)
+        return [i * 10 for i in items][: 1 if len(calls) == 1 else None]
+
+    batcher = Batcher(lossy, max_batch_size=2, max_wait_s=30, idle_s=0.1)
+
+    async def two_batches() -> tuple[list, list]:
+        first = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+        second = await asyncio.gather(batcher.submit(3), batcher.submit(4), return_exceptions=True)
+        return first, second
+
+    first, second = asyncio.run(two_batches())
+    assert all(isinstance(r, RuntimeError) and "gave 1 results" in str(r) for r in first)
+    assert second == [30, 40]
