@@ -23,8 +23,8 @@ class Batcher(Generic[T, R]):
         self,
         run: Callable[[list[T]], Awaitable[list[R]]],
         max_batch_size: int = 32,
-        max_wait_s: float = 2.0,
-        idle_s: float = 0.25,
+        max_wait_s: float = 5.0,
+        idle_s: float = 1.0,
     ) -> None:
         self.run = run
         self.configure(max_batch_size, max_wait_s, idle_s)

@@ -78,8 +78,8 @@ class LMStage(ModelStage):
         self.max_instruction_chars = int(config.get("max_instruction_chars", 2_000))
         self.batcher.configure(
             max_batch_size=int(config.get("max_batch_size", 32)),
-            max_wait_s=float(config.get("batch_wait_timeout_s", 2.0)),
-            idle_s=float(config.get("batch_idle_s", 0.25)),
+            max_wait_s=float(config.get("batch_wait_timeout_s", 5.0)),
+            idle_s=float(config.get("batch_idle_s", 1.0)),
         )
 
     def _job(self, request: lm_pb2.GenerateRequest) -> _Job:
