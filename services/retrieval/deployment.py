@@ -45,7 +45,7 @@ class RetrievalStage(Stage):
 
     def __init__(self) -> None:
         self._folders: dict[str, Path] = {}
-        self._prepared: tuple[Any, ...] | None = None  # (model settings, with library)
+        self._prepared: tuple[Any, ...] | None = None  # (model settings, example library built)
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._watch: asyncio.Task | None = None
         self.reconfigure({})
@@ -55,13 +55,16 @@ class RetrievalStage(Stage):
         self.reload_interval_s = float(config.get("reload_interval_s", 10))
         folders = {"molecules": config.get("molecule_index") or "", "texts": config.get("text_index") or ""}
         library = not all(folders.values())
-        prepared = (model_settings(config), library)
-        if prepared != self._prepared:
+        settings = model_settings(config)
+        # Prepare again only for another checkpoint, or for a library not built yet: Serve configures a
+        # replica twice at start (__init__ with {}, then the user_config), and index folders in the
+        # user_config need no library.
+        if self._prepared is None or self._prepared[0] != settings or (library and not self._prepared[1]):
             if self._tmp is not None:
                 self._tmp.cleanup()
             self._tmp = tempfile.TemporaryDirectory(prefix="molm3d-retrieval-")
-            self.source = _prepare(Path(self._tmp.name), prepared[0], library)
-            self._prepared = prepared
+            self.source = _prepare(Path(self._tmp.name), settings, library)
+            self._prepared = (settings, library)
         for content, folder in folders.items():
             # Empty: the example library, indexed with the served checkpoint by _prepare.
             self._folders[content] = Path(folder) if folder else Path(self._tmp.name) / content
