@@ -32,6 +32,7 @@ def write_tiny_dataset(root, split="train"):
     from rdkit.Chem import Descriptors
 
     from molm3d_core.chem import generate_conformer, parse_smiles
+    from molm3d_core.data.properties import rdkit_properties
 
     root = Path(root)
     (root / "tasks").mkdir(parents=True, exist_ok=True)
@@ -50,6 +51,7 @@ def write_tiny_dataset(root, split="train"):
                 "name": None,
                 "scaffold": "",
                 "geometries": {"dft": geometry, "etkdg": geometry},
+                "targets": rdkit_properties(record.mol),
             }
         )
         mw = Descriptors.MolWt(record.mol)

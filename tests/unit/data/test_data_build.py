@@ -10,7 +10,9 @@ import pytest
 
 from molm3d_core.cli.main import main
 from molm3d_core.data import PROPERTY_SPECS, SPLITS, TASKS, BuildConfig, BuildError, build_dataset, load_dataset
+from molm3d_core.data.qm9 import read_qm9
 from molm3d_core.prompts import parse_number
+from molm3d_core.targets import QM9_TARGETS, TARGETS
 
 # Small molecules only (<= 22 heavy atoms), so the slice builds in seconds.
 SLICE = {"limit": 60, "max_heavy_atoms": 22, "progress": False}
@@ -41,16 +43,30 @@ def test_layout_and_molecule_rows(built: Path) -> None:
     sources = Counter(m["source"] for m in data.molecules.values())
     assert sources["qm9"] == 60 and 0 < sources["chebi"] <= 60
     for mol_id, row in data.molecules.items():
-        assert set(row) == {"mol_id", "source", "split", "smiles", "name", "scaffold", "geometries"}
+        assert set(row) == {"mol_id", "source", "split", "smiles", "name", "scaffold", "geometries", "targets"}
         assert row["split"] in SPLITS
+        rdkit = {n for n, t in TARGETS.items() if t.source == "rdkit"}
         if row["source"] == "qm9":
             assert mol_id.startswith("qm9:") and row["name"] is None and "dft" in row["geometries"]
+            assert set(row["targets"]) == set(QM9_TARGETS) | rdkit  # every DFT target, every descriptor
         else:
             assert mol_id.startswith("chebi:") and row["name"] and set(row["geometries"]) == {"etkdg"}
+            assert set(row["targets"]) == rdkit
         for geometry in row["geometries"].values():
             assert "H" not in geometry["symbols"]
             assert len(geometry["coords"]) == len(geometry["symbols"])
             assert all(round(x, 3) == x for xyz in geometry["coords"] for x in xyz)
+
+
+def test_qm9_targets_match_the_package_rows(built: Path) -> None:
+    data = load_dataset(built)
+    source = {m.mol_id: m for m in read_qm9(limit=60)}
+    for mol_id, row in data.molecules.items():
+        if row["source"] == "qm9":
+            for name, value in source[mol_id].targets.items():
+                assert row["targets"][name] == pytest.approx(value, abs=1e-5)
+    # atomisation energies, not total ones: methane's U0 atomisation energy is about -17.2 eV
+    assert data.molecules["qm9:000001"]["targets"]["u0_atom"] == pytest.approx(-17.17, abs=0.01)
 
 
 def test_splits_are_disjoint_by_scaffold(built: Path) -> None:

@@ -4,7 +4,7 @@ card = build_dataset(BuildConfig(Path("data/moit"), workers=2))   # or: molm3d d
 data = load_dataset("data/moit")                                  # molecules by id, examples per split
 for molecule, example in data.examples("train", task="homo"): ...
 
-Sources: QM9 (qm9pack==1.0.3: DFT geometries, HOMO/LUMO/gap, U0-ZPVE), ChEBI names, classes and
+Sources: QM9 (qm9pack==1.0.3: DFT geometries and its 15 DFT targets), ChEBI names, classes and
 definitions (c3p==0.5.0), RDKit 2D descriptors, RDKit ETKDGv3+MMFF conformers; optionally GFN2-xTB
 orbitals (tblite) under their own task names.
 
@@ -15,7 +15,8 @@ Layout of a dataset folder:
       {"mol_id": "qm9:000001" | "chebi:<InChIKey>", "source": "qm9" | "chebi", "split": "train" | "valid" | "test",
        "smiles": canonical, "name": ChEBI name | null, "scaffold": Murcko scaffold SMILES ("" if acyclic),
        "geometries": {"dft": {"symbols": [...], "coords": [[x, y, z], ...]},   # QM9 only (B3LYP geometry)
-                      "etkdg": {"symbols": [...], "coords": [...]}}}          # when the RDKit conformer succeeded
+                      "etkdg": {"symbols": [...], "coords": [...]}},          # when the RDKit conformer succeeded
+       "targets": {name: value}}  # property-head targets: RDKit descriptors; QM9's DFT targets (QM9_TARGETS)
       heavy atoms only, Å, 3 decimals, in each geometry's own atom order
     DIR/tasks/{train,valid,test}.jsonl      one line per example:
       {"mol_id", "task", "instruction", "answer", "label": float | null, "unit": "eV" | "g/mol" | "Å²" | null}

@@ -100,11 +100,16 @@ def _qm9_molecules(config: BuildConfig, stats: dict[str, Any]) -> list[_Molecule
             name=None,
             scaffold=result.scaffold,
             geometries=geometries,
+            targets=_rounded({**qm9.targets, **result.properties}),
         )
         values = {"homo": qm9.homo, "lumo": qm9.lumo, "gap": qm9.gap, "energy": qm9.energy, **result.properties}
         molecules.append(_Molecule(row, values, {}))
     stats["read"]["qm9"] = len(source)
     return molecules
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 5) for k, v in values.items()}
 
 
 def _note_conformer(source: str, result: MoleculeResult, geometries: dict, stats: dict[str, Any]) -> None:
@@ -163,6 +168,7 @@ def _chebi_molecules(config: BuildConfig, stats: dict[str, Any]) -> list[_Molecu
             name=entry.name,
             scaffold=result.scaffold,
             geometries=geometries,
+            targets=_rounded(result.properties),
         )
         molecules.append(_Molecule(row, values, _chebi_texts(entry, classes)))
     stats["read"]["chebi"] = len(entries)

@@ -49,7 +49,7 @@ def sources(rdkit_version: str, xtb_version: str | None) -> list[dict[str, str]]
             "name": "QM9",
             "package": QM9_PIN,
             "files": "qm9pack/data/qm9_part{1,2,3}.csv",
-            "content": "130,831 molecules: SMILES, B3LYP/6-31G(2df,p) geometries, HOMO/LUMO/gap, U0, ZPVE",
+            "content": "130,831 molecules: SMILES, B3LYP/6-31G(2df,p) geometries and all 15 DFT targets (QM9_TARGETS)",
             "citation": "Ramakrishnan et al., Quantum chemistry structures and properties of 134 kilo molecules, "
             "Sci. Data 1, 140022 (2014)",
             "licence": "qm9pack: MIT; QM9 data: CC0 on figshare (unverified)",

@@ -18,7 +18,7 @@ from typing import Any, TypedDict
 
 from molm3d_core.data.split import SPLITS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: molecules carry "targets"
 CARD_JSON = "card.json"
 CARD_MARKDOWN = "README.md"
 MOLECULES_FILE = "molecules.jsonl"
@@ -32,6 +32,8 @@ DIR/molecules.jsonl                     one line per molecule:
    "geometries": {"dft":   {"symbols": [heavy atoms], "coords": [[x, y, z], ...]},   QM9 only: the B3LYP geometry
                   "etkdg": {"symbols": [...], "coords": [...]}}}                    RDKit ETKDGv3+MMFF from the SMILES,
                                                                                    when it succeeded
+   "targets": {name: value}}  regression targets of the encoder's property heads: RDKit mw/logp/tpsa/complexity
+                              for every molecule, and QM9's DFT targets (data/qm9.py QM9_TARGETS) for QM9
   coordinates in Å with 3 decimals, heavy atoms only, in each geometry's own atom order (not the SMILES order)
 DIR/tasks/{train,valid,test}.jsonl      one line per example, molecules in molecules.jsonl order:
   {"mol_id", "task": "homo" | "lumo" | "gap" | "energy" | "mw" | "logp" | "tpsa" | "complexity" | "caption" |
@@ -70,6 +72,7 @@ class MoleculeRow(TypedDict):
     name: str | None  # ChEBI name; None for QM9
     scaffold: str  # Bemis-Murcko scaffold SMILES, "" for acyclic molecules
     geometries: dict[str, GeometryRow]  # "dft" (QM9 only) and/or "etkdg" (when the conformer succeeded)
+    targets: dict[str, float]  # property-head targets: RDKit descriptors; QM9's DFT targets (QM9_TARGETS)
 
 
 class TaskRow(TypedDict):
@@ -118,8 +121,11 @@ class Dataset:
         return [(self.molecules[t["mol_id"]], t) for t in self.tasks.get(split, []) if task in (None, t["task"])]
 
 
-def load_dataset(root: str | Path) -> Dataset:
-    """Read a dataset folder written by `molm3d data build`; raises FileNotFoundError for a non-dataset."""
+def load_dataset(root: str | Path, task_splits: tuple[str, ...] = SPLITS) -> Dataset:
+    """Read a dataset folder written by `molm3d data build`; raises FileNotFoundError for a non-dataset.
+
+    `task_splits` limits which task files are read (a full build holds over a million example rows).
+    """
     root = Path(root)
     if not (root / MOLECULES_FILE).is_file():
         raise FileNotFoundError(f"{root}: not a molm3d dataset (no {MOLECULES_FILE})")
@@ -127,7 +133,7 @@ def load_dataset(root: str | Path) -> Dataset:
     card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
     molecules: dict[str, MoleculeRow] = {row["mol_id"]: row for row in read_jsonl(root / MOLECULES_FILE)}  # type: ignore[misc]
     tasks: dict[str, list[TaskRow]] = {}
-    for split in SPLITS:
+    for split in task_splits:
         path = root / task_file(split)
         if path.is_file():
             tasks[split] = list(read_jsonl(path))  # type: ignore[arg-type]

@@ -10,6 +10,13 @@ module and the package is located without being imported. Columns used:
     Elements                      "['C','H',...]" element symbols, hydrogens included, in geometry order
     XYZ_Ang                       "[[x,y,z],...]" relaxed coordinates in Å ("0." style numbers)
     HOMO_au, LUMO_au, HOMO_LUMO_gap_au, ZPVE_au, InternalEnergy_0K_au   Hartree
+    InternalEnergy_298K_au, Enthalphy_298K_au, GibbsFreeEnergy_298K_au  Hartree
+    Dipole_debye, Polarizability_bohr3, R2_bohr2, Heatcapacity_Cv_cal_mol_K, Rot{A,B,C}_GHz
+
+`Qm9Molecule.targets` holds every DFT target of `molm3d_core.targets.QM9_TARGETS` in its unit: the
+regression targets of the encoder's property heads. U0/U/H/G are atomisation energies (the molecule's energy minus its
+atoms' energies at the same level of theory, QM9's `atomref` values): the total energies are ~99.9 %
+a count of atoms and would leave nothing for a standardised head to learn.
 """
 
 from __future__ import annotations
@@ -27,6 +34,15 @@ QM9_PACKAGE = "qm9pack"
 QM9_PIN = "qm9pack==1.0.3"
 QM9_FILES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 QM9_SIZE = 130_831  # molecules in the three files together
+# QM9's atomref: isolated-atom U0, U, H, G in Hartree at the same level of theory.
+_ATOM_REF = {
+    "H": (-0.500273, -0.498857, -0.497912, -0.510927),
+    "C": (-37.846772, -37.845355, -37.844411, -37.861317),
+    "N": (-54.583861, -54.582445, -54.581501, -54.598897),
+    "O": (-75.064579, -75.063163, -75.062219, -75.079532),
+    "F": (-99.718730, -99.717314, -99.716370, -99.733544),
+}
+_ENERGY_COLUMNS = ("InternalEnergy_0K_au", "InternalEnergy_298K_au", "Enthalphy_298K_au", "GibbsFreeEnergy_298K_au")
 _NUMBER = re.compile(r"-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
 _SYMBOL = re.compile(r"'([A-Za-z]{1,2})'")
 
@@ -43,6 +59,7 @@ class Qm9Molecule:
     lumo: float  # eV
     gap: float  # eV
     energy: float  # eV: total electronic energy U0 - ZPVE
+    targets: dict[str, float]  # every molm3d_core.targets.QM9_TARGETS entry, in its unit
 
     @property
     def mol_id(self) -> str:
@@ -76,6 +93,22 @@ def _parse_row(row: dict[str, str]) -> Qm9Molecule:
     )
     hartree = {key: float(row[key]) for key in ("HOMO_au", "LUMO_au", "HOMO_LUMO_gap_au", "ZPVE_au")}
     u0 = float(row["InternalEnergy_0K_au"])
+    targets = {
+        "homo": hartree["HOMO_au"] * HARTREE_TO_EV,
+        "lumo": hartree["LUMO_au"] * HARTREE_TO_EV,
+        "gap": hartree["HOMO_LUMO_gap_au"] * HARTREE_TO_EV,
+        "dipole": float(row["Dipole_debye"]),
+        "alpha": float(row["Polarizability_bohr3"]),
+        "r2": float(row["R2_bohr2"]),
+        "zpve": hartree["ZPVE_au"] * HARTREE_TO_EV,
+        "cv": float(row["Heatcapacity_Cv_cal_mol_K"]),
+        "rot_a": float(row["RotA_GHz"]),
+        "rot_b": float(row["RotB_GHz"]),
+        "rot_c": float(row["RotC_GHz"]),
+    }
+    for k, (name, column) in enumerate(zip(("u0_atom", "u_atom", "h_atom", "g_atom"), _ENERGY_COLUMNS, strict=True)):
+        atoms = sum(_ATOM_REF[s][k] for s in symbols)
+        targets[name] = (float(row[column]) - atoms) * HARTREE_TO_EV
     return Qm9Molecule(
         index=int(row["Index"]),
         smiles=row["SMILES"].strip(),
@@ -85,6 +118,7 @@ def _parse_row(row: dict[str, str]) -> Qm9Molecule:
         lumo=hartree["LUMO_au"] * HARTREE_TO_EV,
         gap=hartree["HOMO_LUMO_gap_au"] * HARTREE_TO_EV,
         energy=(u0 - hartree["ZPVE_au"]) * HARTREE_TO_EV,
+        targets=targets,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +137,29 @@ class TransformerEncoderLayer(nn.Module):
         return x, scores
 
 
+def norm_deviation(x: torch.Tensor, mask: torch.Tensor, tolerance: float = 1.0) -> torch.Tensor:
+    """Uni-Mol's norm regulariser: mean over `mask` of relu(| ||x|| - sqrt(dim) | - tolerance).
+
+    Keeps the atom states (and the pair updates) near the norm a LayerNorm would give them, so the
+    pretraining losses cannot grow them without bound before the final LayerNorm hides it.
+    """
+    norm = torch.sqrt((x.float() ** 2).sum(-1) + 1e-10)
+    error = F.relu((norm - x.shape[-1] ** 0.5).abs() - tolerance)
+    mask = mask.to(error.dtype)
+    return (error * mask).sum() / mask.sum().clamp(min=1e-10)
+
+
+class PairOutput(NamedTuple):
+    """What the pretraining heads read: see `UniMolEncoder.forward(return_pair=True)`."""
+
+    atoms: torch.Tensor  # (B, L, D) after the final LayerNorm
+    padding_mask: torch.Tensor  # (B, L) True at padding
+    pair: torch.Tensor  # (B, L, L, H) final pair scores, 0 at padding keys
+    delta: torch.Tensor  # (B, L, L, H) pair update (final - input bias), after the head LayerNorm
+    x_norm: torch.Tensor  # () norm regulariser of the atom states before the final LayerNorm
+    delta_norm: torch.Tensor  # () norm regulariser of the pair update before its LayerNorm
+
+
 class TransformerEncoderWithPair(nn.Module):
     def __init__(self, cfg: UniMolConfig) -> None:
         super().__init__()
@@ -147,11 +171,12 @@ class TransformerEncoderWithPair(nn.Module):
 
     def forward(
         self, emb: torch.Tensor, attn_bias: torch.Tensor, padding_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """emb (B, L, D), attn_bias (B*H, L, L), padding_mask (B, L) True at padding.
 
-        Returns atom states (B, L, D), final pair scores (B, L, L, H) and the pair update
-        (B, L, L, H) used by the pretraining heads.
+        Returns atom states (B, L, D), final pair scores (B, L, L, H), the pair update (B, L, L, H)
+        used by the pretraining heads, and the two norm regularisers (Uni-Mol's x_norm and
+        delta_pair_repr_norm, taken before the final LayerNorms).
         """
         bsz, length, _ = emb.shape
         x = F.dropout(self.emb_layer_norm(emb), self.emb_dropout, self.training)
@@ -162,14 +187,17 @@ class TransformerEncoderWithPair(nn.Module):
         bias = input_bias.view(-1, length, length)
         for layer in self.layers:
             x, bias = layer(x, bias)
+        real = ~padding_mask
+        x_norm = norm_deviation(x, real)
         x = self.final_layer_norm(x)
         pair = bias.view(bsz, -1, length, length)
         delta = (pair - input_bias).masked_fill(key_mask, 0.0).nan_to_num(0.0)
         pair = pair.masked_fill(key_mask, 0.0).permute(0, 2, 3, 1)  # (B, L, L, H)
         delta = delta.permute(0, 2, 3, 1)
+        delta_norm = norm_deviation(delta, real.unsqueeze(-1) & real.unsqueeze(-2))
         if self.final_head_layer_norm is not None:
             delta = self.final_head_layer_norm(delta)
-        return x, pair, delta
+        return x, pair, delta, x_norm, delta_norm
 
 
 class UniMolEncoder(nn.Module):
@@ -194,18 +222,18 @@ class UniMolEncoder(nn.Module):
         src_distance: torch.Tensor,
         src_edge_type: torch.Tensor,
         return_pair: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor] | PairOutput:
         """src_tokens (B, L), src_distance (B, L, L) Å, src_edge_type (B, L, L).
 
-        Returns (atom states (B, L, D), padding_mask (B, L) True at padding); with `return_pair`
-        also the pair scores and pair update (B, L, L, H) for the pretraining heads.
+        Returns (atom states (B, L, D), padding_mask (B, L) True at padding); with `return_pair` a
+        PairOutput, which adds what the pretraining heads and regularisers read.
         """
         padding_mask = src_tokens.eq(PAD)
         x = self.embed_tokens(src_tokens)
         length = src_tokens.shape[1]
         gbf = self.gbf(src_distance, src_edge_type)  # (B, L, L, K)
         bias = self.gbf_proj(gbf).permute(0, 3, 1, 2).reshape(-1, length, length)  # (B*H, L, L)
-        x, pair, delta = self.encoder(x.type_as(bias), bias, padding_mask)
+        x, pair, delta, x_norm, delta_norm = self.encoder(x.type_as(bias), bias, padding_mask)
         if return_pair:
-            return x, padding_mask, pair, delta
+            return PairOutput(x, padding_mask, pair, delta, x_norm, delta_norm)
         return x, padding_mask

@@ -19,6 +19,7 @@ from torch import nn
 from ..assets import resolve_asset
 from ..prompts import CAPTION_INSTRUCTION, build_prompt
 from .encoder3d import UniMolConfig, UniMolEncoder
+from .heads import PropertyHead, PropertyHeadConfig, QueryPropertyHead
 from .lm import DecodingOptions, Generation, LMConfig, MolLM, lm_hidden_size
 from .qformer import QFormer, QFormerConfig
 
@@ -32,7 +33,10 @@ class MoLM3DConfig:
     encoder: UniMolConfig = field(default_factory=UniMolConfig.small)
     qformer: QFormerConfig = field(default_factory=QFormerConfig.small)
     lm: LMConfig = field(default_factory=LMConfig)
+    # Property heads on the encoder (what `molm3d predict` answers with) and on the queries.
+    property_head: PropertyHeadConfig = field(default_factory=PropertyHeadConfig)
     embed_dim: int = 256  # retrieval projection size
+    max_text_tokens: int = 128  # Q-Former text length, in training and in retrieval alike
     temperature: float = 0.1  # contrastive temperature
     prompt_template: str = "compact"
     max_smiles_chars: int = 96
@@ -65,7 +69,9 @@ class MoLM3DConfig:
                 encoder=UniMolConfig.tiny(),
                 qformer=QFormerConfig.tiny(),
                 lm=LMConfig(random_init=tiny_lm, **lm_overrides),
+                property_head=PropertyHeadConfig(hidden_size=32),
                 embed_dim=16,
+                max_text_tokens=32,
             )
         if name == "small":
             return cls(preset="small", lm=LMConfig(**lm_overrides))
@@ -87,11 +93,14 @@ class MoLM3DConfig:
     def from_dict(cls, d: dict[str, Any]) -> MoLM3DConfig:
         lm = dict(d["lm"])
         lm["lora_targets"] = tuple(lm["lora_targets"])
+        parts = ("encoder", "qformer", "lm", "property_head")
         return cls(
-            **{k: v for k, v in d.items() if k not in ("encoder", "qformer", "lm")},
+            **{k: v for k, v in d.items() if k not in parts},
             encoder=UniMolConfig(**d["encoder"]),
             qformer=QFormerConfig(**d["qformer"]),
             lm=LMConfig(**lm),
+            # Checkpoints from before the heads existed have none.
+            property_head=PropertyHeadConfig(**d.get("property_head", {"targets": ()})),
         )
 
 
@@ -133,6 +142,14 @@ class MoLM3D(nn.Module):
                 self.gtm_head = nn.Linear(hq, 2)
         else:
             self.encoder = self.ln_graph = self.qformer = self.graph_proj = self.text_proj = self.gtm_head = None
+        self.property_head: PropertyHead | None = None
+        self.query_property_head: QueryPropertyHead | None = None
+        if with_molecule and config.property_head.targets:
+            # Seeded on their own, so that adding heads leaves every other module's init unchanged.
+            torch.manual_seed(config.seed + 2)
+            with device:
+                self.property_head = PropertyHead(config.property_head, config.encoder.embed_dim)
+                self.query_property_head = QueryPropertyHead(config.property_head, config.qformer.num_query_tokens, hq)
         # Without the LM only its hidden size is read: even a meta LM imports peft and loads the LM
         # tokenizer (measured: the encoder replica's model load took 115 MiB less without them).
         lm = MolLM(config.lm, dtype=dtype, meta=meta) if with_lm else None
@@ -167,11 +184,23 @@ class MoLM3D(nn.Module):
 
     # 1. molecules -> query outputs ------------------------------------------------------------------
 
+    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Collated features -> the encoder's atom states (B, L, D), padding mask (B, L) True at padding."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        return self.encoder(batch["src_tokens"], batch["src_distance"], batch["src_edge_type"])
+
     def encode_atoms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Collated features -> atom states (B, L, D) after ln_graph, attend mask (B, L) True = atom."""
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        atoms, padding_mask = self.encoder(batch["src_tokens"], batch["src_distance"], batch["src_edge_type"])
+        atoms, padding_mask = self.encode(batch)
         return self.ln_graph(atoms), ~padding_mask
+
+    def predict_properties(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The encoder's property heads: target name -> (B,) values in the target's unit (float64)."""
+        if self.property_head is None:
+            raise ValueError("this checkpoint has no property heads (it predates them, or was trained without)")
+        atoms, padding_mask = self.encode(batch)
+        values = self.property_head.to_units(self.property_head(atoms, padding_mask))
+        return {name: values[:, j] for j, name in enumerate(self.property_head.targets)}
 
     def query_molecules(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, Q, Hq): the query tokens after cross-attending to the atoms."""
@@ -188,10 +217,13 @@ class MoLM3D(nn.Module):
         """(B, Q, E) unit vectors."""
         return F.normalize(self.graph_proj(self.query_molecules(batch)), dim=-1)
 
-    def tokenize_texts(self, texts: list[str], max_length: int = 256) -> dict[str, torch.Tensor]:
+    def tokenize_texts(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Q-Former text ids, cut at `config.max_text_tokens` (the same length in training and retrieval)."""
         if self.text_tokenizer is None:
             raise ValueError("this model has no Q-Former tokenizer (qformer.bert_path is None)")
-        enc = self.text_tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        enc = self.text_tokenizer(
+            texts, padding=True, truncation=True, max_length=self.config.max_text_tokens, return_tensors="pt"
+        )
         return {
             "input_ids": enc["input_ids"].to(self.device),
             "attention_mask": enc["attention_mask"].to(self.device),

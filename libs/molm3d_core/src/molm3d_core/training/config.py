@@ -26,22 +26,32 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.05
-    warmup_steps: int = 50
+    # Linear warm-up; None = 5 % of the steps (Uni-Mol warms up over 1 % of 1M steps; 20-50 steps
+    # were too few for stage 0's Adam statistics).
+    warmup_steps: int | None = None
     seed: int = 0
     device: str = "auto"
     autocast: str = "auto"  # "auto" (bf16 on GPU and on CPUs with native bf16), "bf16" or "none"
     log_every: int = 10
     save_every: int = 100  # resumable state every N steps
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
-    # stage 0: Uni-Mol pretraining
+    # stage 0: supervised 3D pretraining (property heads) + Uni-Mol's denoising as an auxiliary
+    target_weights: dict[str, float] = field(default_factory=lambda: {"homo": 3.0, "lumo": 3.0, "gap": 3.0})
+    denoise_fraction: float = 0.25  # share of each batch also sent corrupted through Uni-Mol's losses
+    denoise_weight: float = 0.1  # weight of Uni-Mol's loss (its own 1 / 5 / 10 / 0.01 / 0.01 inside)
     mask_prob: float = 0.15
     coord_noise: float = 1.0  # Å, uniform noise on masked atoms
-    # stage 1: Q-Former
-    max_text_tokens: int = 96
+    # stage 1: Q-Former (the text length is the model's `max_text_tokens`)
+    property_batch_size: int = 32  # molecules per step for the query property head (0: off)
+    property_weight: float = 1.0
     # stages 2-3
     max_target_tokens: int = 96
+    # True: the Q-Former stays as stage 1 left it and only the projector and LoRA train (the molecule
+    # tokens keep what stage 1 taught them; they ran to a near-constant when trained by the LM loss).
+    freeze_qformer: bool = True
     etkdg_prob: float = 0.5  # QM9: chance of training on the generated conformer instead of DFT
-    task_exponent: float = 0.25  # stage 3 samples task t with p ~ N_t ** exponent
+    task_exponent: float = 0.25  # stage 3 samples task t with p ~ weight_t * N_t ** exponent
+    task_weights: dict[str, float] = field(default_factory=dict)
     molecule_tokens: bool = True  # False: the SMILES-only baseline (no <mol> tokens in the prompt)
     tasks: tuple[str, ...] = ()  # stage 3 task subset (empty: all)
     max_train_molecules: int | None = None  # cap for quick runs
@@ -50,7 +60,7 @@ class TrainConfig:
     def preset_config(cls, name: str) -> TrainConfig:
         if name == "tiny":
             return cls(preset="tiny", output_dir="runs/tiny", steps=4, batch_size=4, lr=1e-3, warmup_steps=0,
-                       log_every=1, save_every=2, max_text_tokens=32, max_target_tokens=32)  # fmt: skip
+                       log_every=1, save_every=2, max_target_tokens=32, property_batch_size=4)  # fmt: skip
         if name == "small":
             return cls()
         if name == "official":
@@ -76,6 +86,10 @@ class TrainConfig:
         if "tasks" in overrides:
             overrides["tasks"] = tuple(overrides["tasks"])
         return dataclasses.replace(self, **overrides)
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else max(1, self.steps // 20)
 
     def stage_dir(self, stage: int) -> Path:
         return Path(self.output_dir) / f"stage{stage}"
