@@ -81,7 +81,7 @@ def time_training(args: argparse.Namespace, lm: str, bert: str, device: torch.de
             with tempfile.TemporaryDirectory() as out:
                 cfg = TrainConfig(data_dir=args.data, output_dir=out, steps=args.steps, batch_size=bs,
                                   warmup_steps=0, device=args.device, log_every=args.log_every,
-                                  save_every=10**9, max_text_tokens=64, max_target_tokens=96)  # fmt: skip
+                                  save_every=10**9, max_target_tokens=96)  # fmt: skip
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 result = train_stage(stage, cfg, progress=False, model=random_small_model(lm, bert))

@@ -27,4 +27,5 @@ mkdir -p "$RUN/eval"
 $M eval --checkpoint "$RUN/stage3/final" --data "$DATA" --limit 100 --json "$RUN/eval/small-3d.json" --markdown "$RUN/eval/small-3d.md"
 $M eval --checkpoint "$RUN/stage3/final" --data "$DATA" --tasks retrieval --no-rerank --json "$RUN/eval/small-3d-retrieval-full.json"
 $M eval --checkpoint "$RUN-smiles/stage3/final" --data "$DATA" --limit 100 --json "$RUN/eval/small-smiles.json" --markdown "$RUN/eval/small-smiles.md"
-.venv/bin/python models/molm3d-small/token_ablation.py --checkpoint "$RUN/stage3/final" --data "$DATA" --limit 100
+# Token ablation: the HOMO/LUMO/gap answers again with another molecule's <mol> tokens.
+$M eval --checkpoint "$RUN/stage3/final" --data "$DATA" --tasks homo lumo gap --limit 100 --token-ablation --no-heads --json "$RUN/eval/small-3d-token-ablation.json"

@@ -39,6 +39,13 @@ def test_every_section_and_the_mean_baseline(tiny_model, test_set):
     mean_row = sections[SECTION_TRAIN_MEAN]["rows"]["mw"]
     assert mean_row["mae"] == pytest.approx(np.mean([abs(x - 100.0) for x in labels]))
     assert mean_row["valid_ratio"] == 1.0
+    # Every section carries bootstrap intervals (default: 1,000 resamples).
+    assert mean_row["mae_ci_low"] <= mean_row["mae"] <= mean_row["mae_ci_high"]
+    for title in (SECTION_DFT, SECTION_CONFORMER, SECTION_SMILES_ONLY):
+        rows = sections[title]["rows"]
+        assert rows["mw"]["valid_ratio_ci_low"] <= rows["mw"]["valid_ratio"] <= rows["mw"]["valid_ratio_ci_high"]
+        assert rows["caption"]["bleu2_ci_low"] <= rows["caption"]["bleu2"] <= rows["caption"]["bleu2_ci_high"]
+        assert "rougeL_ci_high" in rows["caption"] and "repeat4" in rows["caption"]
 
 
 def test_eval_cli_writes_json_and_markdown(tiny_model, test_set, tmp_path, capsys):

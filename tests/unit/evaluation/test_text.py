@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from molm3d_core.evaluation import simple_tokenize, text_metrics
+from molm3d_core.evaluation import repetition_share, simple_tokenize, text_metrics
 
 
 def test_identical_texts_score_100_except_meteor_fragmentation():
@@ -94,3 +94,18 @@ def test_mismatched_or_empty_inputs_raise():
         text_metrics(["a"], ["a", "b"])
     with pytest.raises(ValueError):
         text_metrics([], [])
+
+
+def test_repetition_counts_a_looping_text_and_not_a_normal_one():
+    from molm3d_core.evaluation.text import repeats_ngram
+
+    loop = "The molecule is a carboxylic acid. It is a carboxylic acid. It is a carboxylic acid."
+    normal = "The molecule is a carboxylic acid. It is a conjugate acid of an acetate and a metabolite."
+    twice = "It is a carboxylic acid. It is a carboxylic acid, a metabolite."  # a 4-gram twice: not a loop yet
+    assert repeats_ngram(simple_tokenize(loop)) and not repeats_ngram(simple_tokenize(normal))
+    assert not repeats_ngram(simple_tokenize(twice))
+    assert repeats_ngram(["x"] * 6) and not repeats_ngram(["x"] * 5)  # overlapping occurrences count: 3 vs 2
+    assert repetition_share([loop, normal, twice, loop]) == pytest.approx(50.0)
+    scores = text_metrics([loop, normal], [normal, normal])
+    assert scores.repeat4 == pytest.approx(50.0) and scores.as_dict()["repeat4"] == pytest.approx(50.0)
+    assert math.isnan(repetition_share([]))

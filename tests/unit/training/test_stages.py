@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -25,7 +26,16 @@ def _cfg(dataset, out, **kw) -> TrainConfig:
     return TrainConfig.preset_config("tiny").replace(data_dir=str(dataset), output_dir=str(out), **kw)
 
 
-@pytest.mark.parametrize(("stage", "steps", "lr"), [(0, 40, 2e-3), (1, 30, 1e-2), (2, 40, 2e-2), (3, 40, 2e-2)])
+def _metrics(out, stage: int) -> dict[str, np.ndarray]:
+    rows = [json.loads(line) for line in (out / f"stage{stage}" / "metrics.jsonl").read_text().splitlines()]
+    return {k: np.array([r.get(k, np.nan) for r in rows], dtype=float) for k in rows[0]}
+
+
+def _ends(values: np.ndarray) -> tuple[float, float]:
+    return float(np.nanmean(values[:5])), float(np.nanmean(values[-5:]))
+
+
+@pytest.mark.parametrize(("stage", "steps", "lr"), [(2, 40, 2e-2), (3, 40, 2e-2)])
 def test_stage_loss_falls_on_a_memorisable_set(dataset, tmp_path, stage, steps, lr):
     cfg = _cfg(dataset, tmp_path, steps=steps, lr=lr, save_every=1000)
     result = train_stage(stage, cfg, progress=False)
@@ -34,6 +44,35 @@ def test_stage_loss_falls_on_a_memorisable_set(dataset, tmp_path, stage, steps, 
     assert (tmp_path / f"stage{stage}" / "final" / "model.safetensors").exists()
     lines = (tmp_path / f"stage{stage}" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == steps  # tiny preset logs every step
+
+
+def test_stage0_learns_every_loss_part_without_collapsing_the_molecules(dataset, tmp_path):
+    """Each part falls on its own (a total can fall while one part collapses or stays at its prior),
+    and the molecules' [CLS] states stay as spread out as at the start."""
+    cfg = _cfg(dataset, tmp_path, steps=60, lr=2e-3, save_every=1000, denoise_fraction=0.5, denoise_weight=1.0)
+    train_stage(0, cfg, progress=False)
+    m = _metrics(tmp_path, 0)
+    for part, ratio in (("property", 0.7), ("token", 0.6), ("coord", 0.6), ("dist", 0.5)):
+        first, last = _ends(m[part])
+        assert last < ratio * first, (part, first, last)
+    for health in ("cls_spread", "cls_rank"):
+        first, last = _ends(m[health])
+        assert last > 0.5 * first, (health, first, last)
+
+
+def test_stage1_learns_contrast_matching_captions_and_properties(dataset, tmp_path):
+    cfg = _cfg(dataset, tmp_path, steps=250, lr=1e-2, save_every=1000, log_every=5)
+    train_stage(1, cfg, progress=False)
+    m = _metrics(tmp_path, 1)
+    itc_first, itc_last = _ends(m["itc"])
+    assert itc_last < 0.5 * np.log(cfg.batch_size) < itc_first  # from chance to well below it
+    assert _ends(m["itm"])[1] < 0.5  # well below the 0.637 that the 1:2 positive:negative prior gives
+    lm_first, lm_last = _ends(m["lm"])
+    assert lm_last < 0.3 * lm_first
+    prop_first, prop_last = _ends(m["property"])
+    assert prop_last < 0.7 * prop_first
+    spread_first, spread_last = _ends(m["query_spread"])
+    assert spread_last > spread_first  # the queries come to tell the molecules apart
 
 
 def test_next_stage_starts_from_the_previous_final(dataset, tmp_path):

@@ -26,9 +26,10 @@ from .chem import (
 from .errors import ErrorCode, MoleculeError
 from .models import DecodingOptions, MoLM3D
 from .prompts import parse_number
+from .targets import TARGETS
 
-Task = Literal["caption", "ask", "embed"]
-TASKS: tuple[Task, ...] = ("caption", "ask", "embed")
+Task = Literal["caption", "ask", "embed", "predict"]
+TASKS: tuple[Task, ...] = ("caption", "ask", "embed", "predict")
 
 
 @dataclass
@@ -57,21 +58,63 @@ def prepare_molecule(record: MoleculeRecord, options: ConformerOptions, max_atom
         raise err.with_record(record.record_id) from None
 
 
+def check_properties(
+    model: MoLM3D, names: Iterable[str] | None = None, checkpoint: str | None = None
+) -> tuple[str, ...]:
+    """The property heads `predict` answers with: `names` (deduplicated, in the order given) or, for
+    None, all of the model's heads. ValueError (one line) when the model has no heads or a name is
+    not one of them; `checkpoint` names the model in that message."""
+    head = model.property_head
+    if head is None:
+        raise ValueError(
+            f"this checkpoint has no property heads; {checkpoint or 'it'} predates them or was trained without "
+            "(caption, ask and embed still work on it)"
+        )
+    if names is None:
+        return head.targets
+    chosen = tuple(dict.fromkeys(names))
+    unknown = [n for n in chosen if n not in head.targets]
+    if unknown:
+        raise ValueError(
+            f"unknown propert{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+            f"this checkpoint predicts: {' '.join(head.targets)}"
+        )
+    if not chosen:
+        raise ValueError(f"no properties chosen; this checkpoint predicts: {' '.join(head.targets)}")
+    return chosen
+
+
 @dataclass
 class Predictor:
-    """A loaded model plus the options of one run."""
+    """A loaded model plus the options of one run.
+
+    `properties`: the targets `predict` outputs (None: every head of the model), checked here.
+    """
 
     model: MoLM3D
     info: CheckpointInfo
     conformer_options: ConformerOptions = field(default_factory=ConformerOptions)
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     batch_size: int = 8
+    properties: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.properties is not None:
+            self.properties = check_properties(self.model, self.properties)
 
     @torch.no_grad()
     def run_batch(self, batch: list[PreparedMolecule], task: Task, question: str | None = None) -> list[dict[str, Any]]:
         """Model outputs for prepared molecules (one dict of task fields each)."""
         features = collate([p.features for p in batch])
         smiles = [p.record.smiles for p in batch]
+        if task == "predict":
+            values = self.model.predict_properties(features)  # name -> (B,) float64 in the target's unit
+            names = self.properties or tuple(values)
+            columns = {n: values[n].cpu().tolist() for n in names}
+            return [
+                {"properties": {n: {"value": columns[n][i], "unit": TARGETS[n].unit} for n in names}}
+                for i in range(len(batch))
+            ]
         if task == "embed":
             emb = self.model.embed_molecules(features).float().cpu()  # (B, Q, E)
             return [{"embedding": e.tolist(), "embedding_shape": list(e.shape)} for e in emb]
@@ -100,11 +143,31 @@ class Predictor:
         question: str | None = None,
         progress: Any | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """One result dict per item, in input order; `progress` (a tqdm bar) advances per record."""
+        """One result dict per item, in input order; `progress` (a tqdm bar) advances per record.
+
+        The task and its options are checked here, before the first record is read (ValueError or
+        MoleculeError), so that a caller can refuse a run before writing any output.
+        """
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
         if task == "ask" and not (question and question.strip()):
             raise MoleculeError(ErrorCode.INVALID_REQUEST, "ask needs a non-empty question")
+        if task == "predict":
+            check_properties(self.model, self.properties)
+            if not self.model.property_head.trained:
+                raise ValueError(
+                    "the property heads of this checkpoint were never trained (no target statistics): "
+                    "they give no values in units"
+                )
+        return self._results(items, task, question, progress)
+
+    def _results(
+        self,
+        items: Iterable[MoleculeRecord | MoleculeError],
+        task: Task,
+        question: str | None,
+        progress: Any | None,
+    ) -> Iterator[dict[str, Any]]:
         base = {"task": task, "model_id": self.info.model_id, "model_trained": self.info.trained}
         # Results wait in `queue` until the batch holding the molecules before them has run, so that
         # output order is input order while errors do not break batches up.

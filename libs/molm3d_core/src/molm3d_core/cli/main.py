@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import data, evaluate, index, predict, train
+from . import data, evaluate, index, molecules, train
 from .plugins import add_plugin_commands
 
 
@@ -19,8 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("caption", "describe each molecule"),
         ("ask", "answer a question about each molecule"),
         ("embed", "retrieval embeddings of each molecule (query tokens x embed_dim)"),
+        ("predict", "molecular properties from the 3D encoder's heads, with units (no LM: milliseconds a molecule)"),
     ):
-        predict.add_arguments(sub.add_parser(task, help=help_text, description=help_text), task)
+        molecules.add_arguments(sub.add_parser(task, help=help_text, description=help_text), task)
 
     train.add_parser(sub)
 

@@ -1,5 +1,6 @@
 """Evaluation metrics of the reference protocol: text, property QA, retrieval, and the report."""
 
+from .bootstrap import Bootstrap
 from .properties import (
     ANY_NUMBER_PATTERN,
     PROPERTY_RANGES,
@@ -10,10 +11,13 @@ from .properties import (
     mean_baseline,
     parse_answer,
     property_mae,
+    value_scores,
 )
 from .report import (
     SECTION_CONFORMER,
     SECTION_DFT,
+    SECTION_HEADS_CONFORMER,
+    SECTION_HEADS_DFT,
     SECTION_SMILES_ONLY,
     SECTION_TRAIN_MEAN,
     EvaluationReport,
@@ -25,7 +29,7 @@ from .retrieval import (
     reranked_retrieval_scores,
     retrieval_scores,
 )
-from .text import TextScores, simple_tokenize, text_metrics
+from .text import TextScores, repetition_share, simple_tokenize, text_metrics
 from .wordnet import WordNetUnavailable, load_wordnet, wordnet_available
 
 __all__ = [
@@ -35,8 +39,11 @@ __all__ = [
     "REFERENCE_NUMBER_PATTERN",
     "SECTION_CONFORMER",
     "SECTION_DFT",
+    "SECTION_HEADS_CONFORMER",
+    "SECTION_HEADS_DFT",
     "SECTION_SMILES_ONLY",
     "SECTION_TRAIN_MEAN",
+    "Bootstrap",
     "EvaluationReport",
     "PropertyScores",
     "RetrievalScores",
@@ -49,9 +56,11 @@ __all__ = [
     "mean_baseline",
     "parse_answer",
     "property_mae",
+    "repetition_share",
     "reranked_retrieval_scores",
     "retrieval_scores",
     "simple_tokenize",
     "text_metrics",
+    "value_scores",
     "wordnet_available",
 ]

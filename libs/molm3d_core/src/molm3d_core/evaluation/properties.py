@@ -12,6 +12,9 @@ also accepts integers for analyses outside the reference protocol.
 Units are those of the answers and labels: homo, lumo, gap, xtb_homo, xtb_lumo and energy in eV
 (energy: total electronic energy U0 - ZPVE, the full value), mw in g/mol, tpsa in Å², logp and
 complexity unitless.
+
+With a `Bootstrap`, the scores also carry 95 % percentile intervals (over examples) of the MAE and the
+valid ratio; `value_scores` scores numbers that need no parsing (the property heads) the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .bootstrap import Bootstrap, Interval, flatten_intervals, masked_mae_resamples
 
 REFERENCE_NUMBER_PATTERN = r"-?\d+\.\d+"
 ANY_NUMBER_PATTERN = r"-?\d+(?:\.\d+)?"
@@ -60,22 +67,85 @@ PROPERTY_TASKS = tuple(PROPERTY_RANGES)
 
 @dataclass(frozen=True)
 class PropertyScores:
-    """MAE over valid answers (in the task's unit; NaN when none is valid) and the valid ratio in [0, 1]."""
+    """MAE over valid answers (in the task's unit; NaN when none is valid) and the valid ratio in [0, 1];
+    `intervals` (metric -> bootstrap interval) is empty unless a `Bootstrap` was given."""
 
     task: str
     mae: float
     valid_ratio: float
     n: int
     n_valid: int
+    intervals: dict[str, Interval] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"mae": self.mae, "valid_ratio": self.valid_ratio, "n": self.n, "n_valid": self.n_valid}
+        return {
+            "mae": self.mae,
+            "valid_ratio": self.valid_ratio,
+            "n": self.n,
+            "n_valid": self.n_valid,
+            **flatten_intervals(self.intervals),
+        }
 
 
 def parse_answer(answer: str, pattern: str = REFERENCE_NUMBER_PATTERN) -> float | None:
     """The first number in `answer` matching `pattern`, or None."""
     match = re.search(pattern, answer)
     return float(match.group(0)) if match else None
+
+
+def _range(task: str, valid_range: ValidRange | None) -> ValidRange:
+    if valid_range is not None:
+        return valid_range
+    if task not in PROPERTY_RANGES:
+        raise KeyError(f"no valid range for task {task!r}; known: {', '.join(PROPERTY_TASKS)}")
+    return PROPERTY_RANGES[task]
+
+
+def value_errors(
+    task: str, values: Sequence[float | None], labels: Sequence[float], valid_range: ValidRange | None = None
+) -> np.ndarray:
+    """Per-example absolute errors (n,), NaN where the value is missing, not finite or out of range."""
+    if len(values) != len(labels):
+        raise ValueError(f"{len(values)} answers but {len(labels)} labels")
+    valid_range = _range(task, valid_range)
+    errors = np.full(len(values), np.nan)
+    for i, (value, label) in enumerate(zip(values, labels, strict=True)):
+        if value is not None and math.isfinite(value) and value in valid_range:
+            errors[i] = abs(value - float(label))
+    return errors
+
+
+def answer_errors(
+    task: str,
+    answers: Sequence[str],
+    labels: Sequence[float],
+    *,
+    valid_range: ValidRange | None = None,
+    pattern: str = REFERENCE_NUMBER_PATTERN,
+) -> np.ndarray:
+    """Per-example absolute errors of generated answers (n,), NaN for invalid ones (see the module doc)."""
+    if len(answers) != len(labels):
+        raise ValueError(f"{len(answers)} answers but {len(labels)} labels")
+    return value_errors(task, [parse_answer(a, pattern) for a in answers], labels, valid_range)
+
+
+def scores_from_errors(task: str, errors: np.ndarray, bootstrap: Bootstrap | None = None) -> PropertyScores:
+    """MAE over the finite errors, valid ratio, and with `bootstrap` their intervals."""
+    valid = [float(e) for e in errors if math.isfinite(e)]
+    n = len(errors)
+    intervals: dict[str, Interval] = {}
+    if bootstrap is not None and n:
+        weights = bootstrap.counts(n)
+        intervals["mae"] = bootstrap.interval(masked_mae_resamples(np.asarray(errors, float), weights))
+        intervals["valid_ratio"] = bootstrap.interval(weights @ np.isfinite(errors).astype(float) / n)
+    return PropertyScores(
+        task=task,
+        mae=sum(valid) / len(valid) if valid else math.nan,
+        valid_ratio=len(valid) / n if n else math.nan,
+        n=n,
+        n_valid=len(valid),
+        intervals=intervals,
+    )
 
 
 def property_mae(
@@ -85,36 +155,42 @@ def property_mae(
     *,
     valid_range: ValidRange | None = None,
     pattern: str = REFERENCE_NUMBER_PATTERN,
+    bootstrap: Bootstrap | None = None,
 ) -> PropertyScores:
     """MAE and valid ratio of generated answers against labels (same unit; see the module doc).
 
     `valid_range` defaults to `PROPERTY_RANGES[task]`; unknown tasks need one.
     """
-    if len(answers) != len(labels):
-        raise ValueError(f"{len(answers)} answers but {len(labels)} labels")
-    if valid_range is None:
-        if task not in PROPERTY_RANGES:
-            raise KeyError(f"no valid range for task {task!r}; known: {', '.join(PROPERTY_TASKS)}")
-        valid_range = PROPERTY_RANGES[task]
-    errors = []
-    for answer, label in zip(answers, labels, strict=True):
-        value = parse_answer(answer, pattern)
-        if value is not None and value in valid_range:
-            errors.append(abs(value - float(label)))
-    n = len(answers)
-    return PropertyScores(
-        task=task,
-        mae=sum(errors) / len(errors) if errors else math.nan,
-        valid_ratio=len(errors) / n if n else math.nan,
-        n=n,
-        n_valid=len(errors),
-    )
+    errors = answer_errors(task, answers, labels, valid_range=valid_range, pattern=pattern)
+    return scores_from_errors(task, errors, bootstrap)
 
 
-def mean_baseline(train_labels: Sequence[float], test_labels: Sequence[float], task: str = "") -> PropertyScores:
+def value_scores(
+    task: str,
+    values: Sequence[float | None],
+    labels: Sequence[float],
+    *,
+    valid_range: ValidRange | None = None,
+    bootstrap: Bootstrap | None = None,
+) -> PropertyScores:
+    """`property_mae` for numbers (e.g. the property heads' predictions): same range rule, no parsing."""
+    return scores_from_errors(task, value_errors(task, values, labels, valid_range), bootstrap)
+
+
+def mean_baseline(
+    train_labels: Sequence[float], test_labels: Sequence[float], task: str = "", bootstrap: Bootstrap | None = None
+) -> PropertyScores:
     """MAE of always answering the training-set mean (valid ratio 1): the floor a model must beat."""
     if len(train_labels) == 0 or len(test_labels) == 0:
         raise ValueError("mean_baseline needs non-empty train and test labels")
     mean = math.fsum(train_labels) / len(train_labels)
-    mae = math.fsum(abs(float(y) - mean) for y in test_labels) / len(test_labels)
-    return PropertyScores(task=task, mae=mae, valid_ratio=1.0, n=len(test_labels), n_valid=len(test_labels))
+    errors = [abs(float(y) - mean) for y in test_labels]
+    intervals = {"mae": bootstrap.mean(np.array(errors))} if bootstrap is not None else {}
+    return PropertyScores(
+        task=task,
+        mae=math.fsum(errors) / len(errors),
+        valid_ratio=1.0,
+        n=len(test_labels),
+        n_valid=len(test_labels),
+        intervals=intervals,
+    )

@@ -6,6 +6,10 @@ are added as mappings of numbers or as the score objects of this package (`TextS
 `PropertyScores`, `RetrievalScores`: anything with `as_dict()`; a `note` attribute, like the
 METEOR variant of `TextScores`, is kept as a section note). NaN (e.g. an MAE with no valid answer)
 becomes null in JSON and "n/a" in markdown; a metric a row lacks shows as "-".
+
+A bootstrap interval travels as two more numbers of the row, `{metric}_ci_low` and `{metric}_ci_high`
+(plain keys, so the JSON stays a flat mapping per row); the markdown folds them into the metric's
+cell as `0.243 [0.231, 0.256]` and shows no columns of their own.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ SECTION_DFT = "3D tokens (DFT geometry)"
 SECTION_CONFORMER = "3D tokens (SMILES conformer)"
 SECTION_SMILES_ONLY = "SMILES-only LM baseline"
 SECTION_TRAIN_MEAN = "training-mean baseline"
+SECTION_HEADS_DFT = "property heads (DFT geometry)"
+SECTION_HEADS_CONFORMER = "property heads (SMILES conformer)"
+CI_LOW, CI_HIGH = "_ci_low", "_ci_high"
 
 Number = float | int
 
@@ -43,6 +50,12 @@ class Section:
             columns.update(dict.fromkeys(metrics))
         return list(columns)
 
+    @property
+    def shown_columns(self) -> list[str]:
+        """The markdown's columns: interval bounds of a shown metric fold into its cell."""
+        columns = self.columns
+        return [c for c in columns if not any(c.endswith(s) and c[: -len(s)] in columns for s in (CI_LOW, CI_HIGH))]
+
 
 def _json_number(value: Number) -> Number | None:
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -54,6 +67,15 @@ def _cell(value: Number | None, decimals: int) -> str:
     if isinstance(value, int):
         return str(int(value))
     return f"{value:.{decimals}f}"
+
+
+def _metric_cell(row: Mapping[str, Number], metric: str, decimals: int) -> str:
+    """The value, and its interval `[low, high]` when the row has both bounds."""
+    cell = _cell(row[metric], decimals)
+    low, high = row.get(metric + CI_LOW), row.get(metric + CI_HIGH)
+    if low is None or high is None:
+        return cell
+    return f"{cell} [{_cell(low, decimals)}, {_cell(high, decimals)}]"
 
 
 @dataclass
@@ -107,12 +129,12 @@ class EvaluationReport:
         if self.metadata:
             lines.append("")
         for section in self.sections.values():
-            columns = section.columns
+            columns = section.shown_columns
             lines += [f"## {section.title}", ""]
             lines.append("| task | " + " | ".join(columns) + " |")
             lines.append("|---|" + "---:|" * len(columns))
             for task, row in section.rows.items():
-                cells = [_cell(row[c], decimals) if c in row else "-" for c in columns]
+                cells = [_metric_cell(row, c, decimals) if c in row else "-" for c in columns]
                 lines.append(f"| {task} | " + " | ".join(cells) + " |")
             lines.append("")
             lines += [f"- {note}" for note in section.notes]

@@ -1,4 +1,8 @@
-"""`molm3d caption | ask | embed`: molecules from SMILES or files, results as JSON lines or CSV."""
+"""`molm3d caption | ask | embed | predict`: molecules from SMILES or files, results as JSON lines or CSV.
+
+`predict` reads the property heads on the 3D encoder and never loads the LM (milliseconds per molecule
+on a CPU, where caption and ask take seconds).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,13 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .output import FORMATS, ResultWriter
+
+if TYPE_CHECKING:
+    from ..checkpoints import CheckpointInfo
+    from ..models import MoLM3D
 
 # Reference decoding (beam 5) is ~5x slower on CPU; greedy is the default and --beams restores it.
 _MAX_NEW_TOKENS = {"caption": 128, "ask": 64}
@@ -23,8 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     )
     if task == "ask":
         parser.add_argument("--question", "-q", required=True, help="the question to ask about each molecule")
+    if task == "predict":
+        parser.add_argument(
+            "--properties",
+            nargs="+",
+            metavar="NAME",
+            help="the properties to output, in this order (default: every property head of the checkpoint)",
+        )
     parser.add_argument("--checkpoint", help="checkpoint folder (default: $MOLM3D_CHECKPOINT or models/molm3d-small)")
-    if task != "embed":
+    if task in ("caption", "ask"):
         parser.add_argument("--remote", metavar="HOST:PORT",
                             help="send the molecules to a running `molm3d serve` over gRPC instead of loading a "
                                  "model here (token from $MOLM3D_API_TOKEN)")  # fmt: skip
@@ -47,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     )
     parser.add_argument("--xyz-charge", type=int, default=0, help="total charge for XYZ bond perception")
     parser.add_argument("--max-heavy-atoms", type=_positive, default=256, help="reject larger molecules")
-    if task != "embed":
+    if task in ("caption", "ask"):
         parser.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy; the paper used 5)")
         parser.add_argument("--max-new-tokens", type=_positive, default=_MAX_NEW_TOKENS[task])
         parser.add_argument("--repetition-penalty", type=float, default=1.0)
@@ -74,14 +89,19 @@ def run(args: argparse.Namespace) -> int:
 
         return _write_results(args, plugin("molm3d.remote", "client")(args, records), count_records(args.inputs))
 
-    model, info = load_model(args.checkpoint, device=args.device, dtype=args.dtype)
+    # predict reads the encoder's heads only: the LM is neither loaded nor held.
+    model, info = load_model(args.checkpoint, device=args.device, dtype=args.dtype,
+                             with_lm=args.task != "predict")  # fmt: skip
     if not info.trained:
         print(
             f"note: {info.model_id}: no trained checkpoint; outputs come from untrained weights",
             file=sys.stderr,
         )
+    properties = None
+    if args.task == "predict":
+        properties, info = _property_heads(model, info, args.properties)
     decoding = DecodingOptions()
-    if args.task != "embed":
+    if args.task in ("caption", "ask"):
         decoding = DecodingOptions(
             num_beams=args.beams,
             max_new_tokens=args.max_new_tokens,
@@ -95,19 +115,50 @@ def run(args: argparse.Namespace) -> int:
         conformer_options=ConformerOptions(
             n_conformers=args.n_conformers, seed=args.seed, use_input_3d=not args.regenerate_conformers
         ),
+        properties=properties,
     )
     question = getattr(args, "question", None)
-    return _write_results(args, predictor.run(records, args.task, question), count_records(args.inputs))
+    results = predictor.run(records, args.task, question)  # checks the task's options before any output
+    return _write_results(args, results, count_records(args.inputs), properties or ())
 
 
-def _write_results(args: argparse.Namespace, results: Iterator[dict[str, Any]], total: int | None) -> int:
+def _property_heads(
+    model: MoLM3D, info: CheckpointInfo, names: list[str] | None
+) -> tuple[tuple[str, ...], CheckpointInfo]:
+    """The properties to output (ValueError -> exit 2 when there are no heads or a name is not one of
+    them) and the provenance to report. Heads never given their target statistics still answer, on
+    placeholder statistics (mean 0, std 1): the rows say `model_trained: false` and a note says why."""
+    import dataclasses
+
+    import torch
+
+    from ..pipeline import check_properties
+
+    properties = check_properties(model, names, checkpoint=info.path or info.model_id)
+    head = model.property_head
+    if not head.trained:
+        if info.trained:  # the untrained-checkpoint note above covers the other case
+            print(
+                f"note: {info.model_id}: the property heads were never trained (no target statistics); "
+                "values come from untrained heads and mean nothing",
+                file=sys.stderr,
+            )
+        n = len(head.targets)
+        head.set_statistics(torch.zeros(1, n), torch.zeros(1, n, dtype=torch.bool))  # mean 0, std 1
+        info = dataclasses.replace(info, trained=False)
+    return properties, info
+
+
+def _write_results(
+    args: argparse.Namespace, results: Iterator[dict[str, Any]], total: int | None, properties: tuple[str, ...] = ()
+) -> int:
     """Write result rows as they come, with a progress bar; exit code 1 when any record failed."""
     from tqdm import tqdm
 
     stream = args.output.open("w", newline="") if args.output else sys.stdout
     n_ok = n_failed = 0
     try:
-        writer = ResultWriter(stream, args.format, args.task)
+        writer = ResultWriter(stream, args.format, args.task, properties)
         with tqdm(
             total=total, unit="mol", desc=args.task, file=sys.stderr, disable=None if total != 1 else True
         ) as bar:

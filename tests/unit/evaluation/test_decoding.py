@@ -1,0 +1,73 @@
+"""DecodingOptions.no_repeat_ngram_size: refused when invalid, and it blocks repeated n-grams in generation."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from molm3d_core.evaluation.text import repeats_ngram
+from molm3d_core.models import DecodingOptions
+
+WORDS = [" acid", " ring", " the", " is", " salt", " base", " group", " compound", " ion", " ester", " amine", " oxide"]
+
+
+@pytest.mark.parametrize("size", [-1, 1.5, True, "3", None])
+def test_bad_no_repeat_ngram_sizes_are_refused(size):
+    with pytest.raises(ValueError, match="no_repeat_ngram_size"):
+        DecodingOptions(no_repeat_ngram_size=size)
+
+
+@pytest.mark.parametrize("penalty", [0.0, -1.2, float("nan")])
+def test_bad_repetition_penalties_are_refused(penalty):
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        DecodingOptions(repetition_penalty=penalty)
+
+
+def test_default_is_off_and_valid_sizes_pass():
+    assert DecodingOptions().no_repeat_ngram_size == 0
+    assert DecodingOptions(no_repeat_ngram_size=3).no_repeat_ngram_size == 3
+
+
+class _Collect:
+    """A transformers streamer that keeps the generated token ids (batch size 1)."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        self.ids += value.flatten().tolist()
+
+    def end(self) -> None:
+        pass
+
+
+def _bigrams(ids: list[int]) -> list[tuple[int, int]]:
+    return list(itertools.pairwise(ids))
+
+
+@pytest.mark.filterwarnings("ignore:Passing `no_repeat_ngram_size` with `inputs_embeds`")
+def test_no_repeat_ngram_blocks_a_loop_of_the_tiny_lm(tiny_model):
+    lm = tiny_model.lm
+    ids = [lm.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in WORDS]
+    # A fixed preference over these words on top of the random LM's logits: greedy decoding then
+    # loops on the first word, unless n-grams may not repeat.
+    bias = torch.zeros(lm.model.get_output_embeddings().weight.shape[0])
+    bias[ids] = 1000.0 * torch.arange(len(ids), 0, -1, dtype=torch.float32)
+    hook = lm.model.get_output_embeddings().register_forward_hook(lambda _m, _i, out: out + bias.to(out.dtype))
+    prompt = [tiny_model.prompt("Describe the input molecule.", "CCO")]
+    mol = torch.zeros(1, tiny_model.num_query_tokens, lm.hidden_size)
+    try:
+        runs = {}
+        for size in (0, 2):
+            streamer = _Collect()
+            gen = lm.generate(prompt, mol, DecodingOptions(max_new_tokens=16, no_repeat_ngram_size=size), streamer)
+            runs[size] = (streamer.ids[-16:], gen[0].text)
+    finally:
+        hook.remove()
+    looping, looping_text = runs[0]
+    blocked, blocked_text = runs[2]
+    assert len(set(_bigrams(looping))) < len(_bigrams(looping))  # without the option: repeated bigrams
+    assert len(set(_bigrams(blocked))) == len(_bigrams(blocked)) == 15  # with it: every bigram once
+    assert repeats_ngram(looping_text.split()) and not repeats_ngram(blocked_text.split())
