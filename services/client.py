@@ -101,6 +101,7 @@ def run_remote(args: argparse.Namespace, records: Iterator[Any]) -> Iterator[dic
         "num_beams": args.beams,
         "max_new_tokens": args.max_new_tokens,
         "repetition_penalty": args.repetition_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram,
     }
 
     def call(item: Any) -> dict[str, Any]:

@@ -40,7 +40,7 @@ class _Job:
     @property
     def key(self) -> tuple[Any, ...]:
         d = self.decoding
-        return (d.num_beams, d.max_new_tokens, d.repetition_penalty, d.length_penalty)
+        return (d.num_beams, d.max_new_tokens, d.repetition_penalty, d.length_penalty, d.no_repeat_ngram_size)
 
 
 class _QueueStreamer(BaseStreamer):
@@ -98,12 +98,20 @@ class LMStage(ModelStage):
             raise invalid_request(f"max_new_tokens must be in 1..{self.max_new_tokens_limit}, got {max_new}")
         if not 1 <= beams <= self.max_beams:
             raise invalid_request(f"num_beams must be in 1..{self.max_beams}, got {beams}")
-        decoding = DecodingOptions(
-            num_beams=beams,
-            max_new_tokens=max_new,
-            repetition_penalty=d.repetition_penalty or 1.0,
-            length_penalty=d.length_penalty or 1.0,
-        )
+        default = DecodingOptions()
+        ngram = d.no_repeat_ngram_size if d.HasField("no_repeat_ngram_size") else default.no_repeat_ngram_size
+        if not 0 <= ngram <= 16:
+            raise invalid_request(f"no_repeat_ngram_size must be in 0..16 (0: off), got {ngram}")
+        try:
+            decoding = DecodingOptions(
+                num_beams=beams,
+                max_new_tokens=max_new,
+                repetition_penalty=d.repetition_penalty or default.repetition_penalty,
+                length_penalty=d.length_penalty or default.length_penalty,
+                no_repeat_ngram_size=ngram,
+            )
+        except ValueError as err:
+            raise invalid_request(str(err)) from None
         m = self.model
         mol = None
         if m.config.molecule_tokens:

@@ -128,6 +128,11 @@ def test_gateway_equals_in_process_library(client, tiny_checkpoint):
         asked = client.ask(mol(smiles), "What is the HOMO energy?", max_new_tokens=12)
         local_ask = next(predictor.run([parse_smiles(smiles, record_id="m")], "ask", "What is the HOMO energy?"))
         assert asked.text == local_ask["answer"]
+    # n-gram blocking travels with the request (and is part of the LM batch key)
+    blocked = Predictor(model, info, decoding=DecodingOptions(max_new_tokens=12, no_repeat_ngram_size=1))
+    local = next(blocked.run([parse_smiles(ASPIRIN, record_id="m")], "caption"))
+    served = client.caption(mol(ASPIRIN, id="m"), max_new_tokens=12, no_repeat_ngram_size=1)
+    assert served.text == local["caption"]
 
 
 def test_streaming_yields_the_same_text(client):
@@ -274,6 +279,9 @@ def test_bad_inputs_get_invalid_argument_while_good_requests_succeed(client):
     with pytest.raises(grpc.RpcError) as caught:
         client.caption(mol(ASPIRIN), max_new_tokens=100_000)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_new_tokens" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        client.caption(mol(ASPIRIN), no_repeat_ngram_size=-1)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no_repeat_ngram" in caught.value.details()
 
 
 def test_unauthenticated_without_the_token(served, channel):

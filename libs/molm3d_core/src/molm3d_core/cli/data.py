@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--retrieval-size",
         type=_positive,
-        help="retrieval test pairs (default 2000; with --limit, at most the captioned test molecules)",
+        help="retrieval test pairs (default: 2000, or every captioned ChEBI test molecule when there are fewer)",
     )
     build.add_argument(
         "--max-heavy-atoms",

@@ -14,6 +14,9 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..decoding import DecodingOptions
+
+    default = DecodingOptions()  # the CLI's and the services' defaults too
     p = sub.add_parser("eval", help="evaluate a checkpoint (property MAE, text metrics, retrieval) with baselines")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the default checkpoint)")
     p.add_argument("--data", required=True, help="dataset folder from `molm3d data build`")
@@ -33,14 +36,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--beams", type=int, default=1, help="beam width (the paper used 5)")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens (1 = off)")
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=default.repetition_penalty,
+        help=f"> 1 discourages repeated tokens (1 = off; default {default.repetition_penalty:g})",
+    )
     p.add_argument(
         "--no-repeat-ngram",
         type=int,
-        default=0,
-        help="no n-gram of this many LM tokens twice in a generation (0 = off)",
+        default=default.no_repeat_ngram_size,
+        help="no n-gram of this many LM tokens twice in a generation "
+        f"(0 = off; default {default.no_repeat_ngram_size})",
     )
-    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: > 1 favours longer texts")
+    p.add_argument("--length-penalty", type=float, default=default.length_penalty,
+                   help="beam search: > 1 favours longer texts")  # fmt: skip
     p.add_argument("--no-rerank", action="store_true", help="retrieval without the matching-head re-rank (fast)")
     p.add_argument(
         "--bootstrap",

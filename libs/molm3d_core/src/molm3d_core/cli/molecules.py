@@ -65,8 +65,19 @@ def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     if task in ("caption", "ask"):
         parser.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy; the paper used 5)")
         parser.add_argument("--max-new-tokens", type=_positive, default=_MAX_NEW_TOKENS[task])
-        parser.add_argument("--repetition-penalty", type=float, default=1.0)
+        default = _default_decoding()
+        parser.add_argument("--repetition-penalty", type=float, default=default.repetition_penalty,
+                            help=f"> 0, 1 = off (default {default.repetition_penalty:g})")  # fmt: skip
+        parser.add_argument("--no-repeat-ngram", type=int, default=default.no_repeat_ngram_size, metavar="N",
+                            help="never repeat an n-gram of N generated tokens; 0 = off "
+                                 f"(default {default.no_repeat_ngram_size})")  # fmt: skip
     parser.set_defaults(handler=run, task=task)
+
+
+def _default_decoding():
+    from ..decoding import DecodingOptions  # the one place the default decoding lives (torch-free)
+
+    return DecodingOptions()
 
 
 def _positive(text: str) -> int:
@@ -106,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             num_beams=args.beams,
             max_new_tokens=args.max_new_tokens,
             repetition_penalty=args.repetition_penalty,
+            no_repeat_ngram_size=args.no_repeat_ngram,
         )
     predictor = Predictor(
         model,

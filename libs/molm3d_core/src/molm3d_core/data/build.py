@@ -53,7 +53,9 @@ class BuildConfig:
     workers: int = 1
     seed: int = 42  # conformers, question choice, split shuffle, retrieval sample
     xtb: bool = False  # GFN2-xTB HOMO/LUMO for ChEBI molecules (needs tblite)
-    retrieval_size: int | None = None  # None: 2000, or as many as there are when `limit` is set
+    # None: 2000, or as many as there are when fewer (the full build has 1,899 captioned ChEBI test
+    # molecules); an explicit size must be met exactly. Known only after the hour of conformers.
+    retrieval_size: int | None = None
     # Heavy-atom cap (default: the encoder's input limit). ETKDG takes seconds to a minute for the few
     # hundred ChEBI molecules above ~100 heavy atoms, which dominate the build time.
     max_heavy_atoms: int = 256
@@ -206,7 +208,7 @@ def _retrieval(molecules: list[_Molecule], config: BuildConfig) -> tuple[list[di
     ]
     size = config.retrieval_size
     if size is None:
-        size = RETRIEVAL_SIZE if config.limit is None else min(RETRIEVAL_SIZE, len(available))
+        size = min(RETRIEVAL_SIZE, len(available))
     if size > len(available):
         raise BuildError(
             f"the ChEBI test split has {len(available)} captioned molecules but {size} retrieval pairs were "

@@ -62,6 +62,7 @@ DECODING_GRID: tuple[tuple[str, dict[str, Any]], ...] = (
     ("greedy", {}),
     ("greedy, repetition_penalty 1.2", {"repetition_penalty": 1.2}),
     ("greedy, no_repeat_ngram 3", {"no_repeat_ngram_size": 3}),
+    ("greedy, no_repeat_ngram 4", {"no_repeat_ngram_size": 4}),
     ("beam 3", {"num_beams": 3}),
     ("beam 3, both penalties", {"num_beams": 3, **PENALTIES}),
     ("beam 5", {"num_beams": 5}),

@@ -106,15 +106,18 @@ class PropertyHead(nn.Module):
 
 
 class QueryPropertyHead(nn.Module):
-    """Query outputs (B, Q, H) -> standardised targets (B, T), through all Q queries at once."""
+    """Query outputs (B, Q, H) -> standardised targets (B, T): one linear map over all Q queries.
+
+    Linear on purpose: what it can read, the LM can read through a linear projector too, so stage 1
+    puts the properties into the molecule tokens in a form the LM's read-out does not have to undo.
+    """
 
     def __init__(self, config: PropertyHeadConfig, num_queries: int, query_dim: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(num_queries * query_dim, config.hidden_size)
-        self.out_proj = nn.Linear(config.hidden_size, len(config.targets))
+        self.out_proj = nn.Linear(num_queries * query_dim, len(config.targets))
 
     def forward(self, queries: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(F.gelu(self.dense(queries.flatten(1))))
+        return self.out_proj(queries.flatten(1))
 
 
 def regression_loss(

@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from ..assets import DEFAULT_LM, resolve_asset
+from ..decoding import DecodingOptions
 from ..prompts import MOL_TOKEN
 
+__all__ = ["DecodingOptions", "Generation", "LMConfig", "MolLM"]
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -34,27 +36,6 @@ class LMConfig:
     # A random-init model of the base's tokenizer with these LlamaConfig overrides (tests, the
     # `official` preset's meta-device build). None = load the base's weights.
     random_init: dict[str, Any] | None = None
-
-
-@dataclass
-class DecodingOptions:
-    num_beams: int = 1
-    max_new_tokens: int = 64
-    repetition_penalty: float = 1.0  # > 0; 1.0 = off; applies to generated tokens only (the prompt is embeddings)
-    length_penalty: float = 1.0  # beam search only: exponent of the length that divides a beam's log-probability
-    # > 0: no n-gram of this many tokens occurs twice in the generated tokens (transformers'
-    # NoRepeatNGramLogitsProcessor; the prompt is not seen, it enters as embeddings). 0 = off.
-    no_repeat_ngram_size: int = 0
-
-    def __post_init__(self) -> None:
-        if self.num_beams < 1 or self.max_new_tokens < 1:
-            raise ValueError("num_beams and max_new_tokens must be >= 1")
-        if not self.repetition_penalty > 0:  # also refuses NaN
-            raise ValueError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
-        if isinstance(self.no_repeat_ngram_size, bool) or not isinstance(self.no_repeat_ngram_size, int):
-            raise ValueError(f"no_repeat_ngram_size must be an integer, got {self.no_repeat_ngram_size!r}")
-        if self.no_repeat_ngram_size < 0:
-            raise ValueError(f"no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
 
 
 @dataclass
