@@ -287,7 +287,8 @@ class HandlePipeline(_Gateway):
     def __init__(self, app_name: str = "gateway", deployment: str = "Gateway") -> None:
         from ray import serve
 
-        self.handle = serve.get_deployment_handle(deployment, app_name=app_name)
+        # Unchecked: the gateway application may still be deploying when the worker starts.
+        self.handle = serve.get_deployment_handle(deployment, app_name=app_name, _check_exists=False)
 
     async def _call(self, method: str, request: Any) -> Any:
         from ray.exceptions import RayTaskError

@@ -52,8 +52,10 @@ class GatewayStage(Stage):
         self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
         self.request_timeout_s = float(config.get("request_timeout_s", 120))
         apps = {**{k: v[0] for k, v in STAGES.items()}, **config.get("applications", {})}
+        # Unchecked handles: the applications start together, and the LM may not exist yet when the
+        # gateway starts (a checked handle then fails the whole deploy); calls wait for its replicas.
         self.handles: dict[str, DeploymentHandle] = {
-            stage: serve.get_deployment_handle(deployment, app_name=apps[stage])
+            stage: serve.get_deployment_handle(deployment, app_name=apps[stage], _check_exists=False)
             for stage, (_, deployment) in STAGES.items()
         }
 

@@ -25,8 +25,10 @@ def test_bad_repetition_penalties_are_refused(penalty):
         DecodingOptions(repetition_penalty=penalty)
 
 
-def test_default_is_off_and_valid_sizes_pass():
-    assert DecodingOptions().no_repeat_ngram_size == 0
+def test_default_blocks_repeated_4_grams_and_valid_sizes_pass():
+    # the winner of the model card's caption decoding comparison; 0 turns the blocking off
+    assert DecodingOptions().no_repeat_ngram_size == 4
+    assert DecodingOptions(no_repeat_ngram_size=0).no_repeat_ngram_size == 0
     assert DecodingOptions(no_repeat_ngram_size=3).no_repeat_ngram_size == 3
 
 

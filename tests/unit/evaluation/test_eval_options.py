@@ -129,6 +129,32 @@ def test_no_heads_sections_without_trained_heads_or_when_off(tiny_model, heads_m
     assert not {SECTION_HEADS_DFT, SECTION_HEADS_CONFORMER} & set(_sections(off))
 
 
+def test_geometries_option_scores_only_the_chosen_inputs(heads_model, heads_set):
+    full = _sections(evaluate(heads_model, heads_set, EvalOptions(tasks=("logp",), decoding=FAST, progress=False)))
+    opts = EvalOptions(tasks=("logp",), decoding=FAST, progress=False, geometries=("etkdg",))
+    report = evaluate(heads_model, heads_set, opts)
+    sections = _sections(report)
+    assert not {SECTION_DFT, SECTION_HEADS_DFT} & set(sections)
+    for title in (SECTION_CONFORMER, SECTION_HEADS_CONFORMER):  # the same numbers as with both geometries
+        assert sections[title]["rows"]["logp"]["mae"] == pytest.approx(full[title]["rows"]["logp"]["mae"])
+    assert report.metadata["geometries"] == ["etkdg"]
+    with pytest.raises(ValueError, match="geometries"):
+        evaluate(heads_model, heads_set, EvalOptions(tasks=("logp",), decoding=FAST, progress=False, geometries=()))
+
+
+def test_no_lm_scores_the_heads_and_the_mean_without_generating(heads_model, heads_set, monkeypatch):
+    full = _sections(evaluate(heads_model, heads_set, EvalOptions(tasks=("logp",), decoding=FAST, progress=False)))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the LM must not generate with lm=False")
+
+    monkeypatch.setattr(heads_model.lm, "generate", refuse)
+    sections = _sections(evaluate(heads_model, heads_set, EvalOptions(tasks=("logp",), progress=False, lm=False)))
+    assert not {SECTION_DFT, SECTION_CONFORMER} & set(sections)
+    for title in (SECTION_HEADS_DFT, SECTION_HEADS_CONFORMER):
+        assert sections[title]["rows"]["logp"]["mae"] == pytest.approx(full[title]["rows"]["logp"]["mae"])
+
+
 def test_swap_donors_is_a_seeded_derangement():
     donors = swap_donors(7, seed=0)
     assert sorted(donors) == list(range(7)) and all(d != i for i, d in enumerate(donors))

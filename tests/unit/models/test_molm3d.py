@@ -81,3 +81,17 @@ def test_explicit_cuda_without_gpu_is_an_error():
         pytest.skip("a GPU is present: the error path does not apply")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         load_model(None, device="cuda")
+
+
+def test_property_heads_answer_physically_non_negative_targets_at_zero_or_above():
+    from molm3d_core.models.heads import PropertyHead, PropertyHeadConfig
+
+    head = PropertyHead(PropertyHeadConfig(targets=("homo", "tpsa", "rot_a")), input_dim=8)
+    values = torch.tensor([[-7.0, 0.0, 2.0], [-5.0, 40.0, 30.0]], dtype=torch.float64)
+    head.set_statistics(values, torch.ones_like(values, dtype=torch.bool))
+    z = torch.full((1, 3), -50.0)  # far below every mean
+    homo, tpsa, rot_a = head.to_units(z)[0].tolist()
+    assert homo < -7.0  # an orbital energy may be anything
+    assert tpsa == 0.0 and rot_a == 0.0  # an area and a rotational constant may not be negative
+    back = head.to_units(head.standardise(values))  # and in range, units round-trip
+    assert torch.allclose(back, values, atol=1e-5)

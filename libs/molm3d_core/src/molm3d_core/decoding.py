@@ -17,7 +17,7 @@ class DecodingOptions:
     length_penalty: float = 1.0  # beam search only: exponent of the length that divides a beam's log-probability
     # > 0: no n-gram of this many tokens occurs twice in the generated tokens (transformers'
     # NoRepeatNGramLogitsProcessor; the prompt is not seen, it enters as embeddings). 0 = off.
-    no_repeat_ngram_size: int = 0
+    no_repeat_ngram_size: int = 4  # measured best on captions (model card: decoding comparison)
 
     def __post_init__(self) -> None:
         if self.num_beams < 1 or self.max_new_tokens < 1:

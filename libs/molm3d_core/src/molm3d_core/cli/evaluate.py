@@ -67,6 +67,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-heads", action="store_true", help="skip the property-head sections")
     p.add_argument(
+        "--no-lm",
+        action="store_true",
+        help="no LM answers: only the property heads and the training mean, on every example (fast: one encoder "
+        "pass per molecule)",
+    )
+    p.add_argument(
+        "--geometries",
+        nargs="+",
+        choices=("dft", "etkdg"),
+        default=["dft", "etkdg"],
+        help="the 3D inputs to score: the dataset's DFT geometry and/or the conformer generated from the SMILES "
+        "(the 3D sections and the head sections; default both)",
+    )
+    p.add_argument(
         "--decoding-grid",
         action="store_true",
         help="instead of the usual sections, compare greedy / repetition penalty / no-repeat n-gram / beam 3 and 5 "
@@ -97,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
                        progress=tty, progress_every=0 if tty else args.progress_every,
                        bootstrap=Bootstrap(resamples=args.bootstrap, seed=args.seed) if args.bootstrap > 0 else None,
                        heads=not args.no_heads, token_ablation=args.token_ablation, ablation_seed=args.seed,
-                       decoding_grid=args.decoding_grid)  # fmt: skip
+                       decoding_grid=args.decoding_grid, geometries=tuple(args.geometries),
+                       lm=not args.no_lm)  # fmt: skip
     model, info = load_model(args.checkpoint, device=args.device)
     baseline = None
     if args.smiles_only_checkpoint and not args.decoding_grid:

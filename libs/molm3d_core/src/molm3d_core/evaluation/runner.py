@@ -100,9 +100,11 @@ class EvalOptions:
     progress_every: int = 0  # without the bar: a plain stderr line every N batches and at the end (0 = none)
     bootstrap: Bootstrap | None = field(default_factory=Bootstrap)  # None: no intervals
     heads: bool = True  # score the property heads (when the model has trained ones)
+    lm: bool = True  # False: no LM generation (the head and training-mean sections only: fast)
     token_ablation: bool = False
     ablation_seed: int = 0
     decoding_grid: bool = False  # compare DECODING_GRID on the text tasks instead of the usual sections
+    geometries: tuple[Geometry, ...] = ("dft", "etkdg")  # the 3D inputs of the 3D and head sections
 
     def wants(self, task: str) -> bool:
         return not self.tasks or task in self.tasks
@@ -363,20 +365,26 @@ def evaluate(
         return report
     if opts.token_ablation:
         report.metadata["token_ablation"] = f"seed {opts.ablation_seed}"
-    by_geometry = {g: _examples(dataset, opts, g) for g in ("dft", "etkdg")}
-    if model.config.molecule_tokens:
-        score_generation(report, SECTION_DFT, model, by_geometry["dft"], "dft", opts)
-        score_generation(report, SECTION_CONFORMER, model, by_geometry["etkdg"], "etkdg", opts)
+    report.metadata["geometries"] = list(opts.geometries)
+    report.metadata["lm"] = "scored" if opts.lm else "off (--no-lm)"
+    unknown = sorted(set(opts.geometries) - {"dft", "etkdg"})
+    if unknown or not opts.geometries:
+        raise ValueError(f"geometries must be a non-empty subset of ('dft', 'etkdg'), got {opts.geometries}")
+    by_geometry = {g: _examples(dataset, opts, g) for g in opts.geometries}
+    sections = {"dft": (SECTION_DFT, SECTION_HEADS_DFT), "etkdg": (SECTION_CONFORMER, SECTION_HEADS_CONFORMER)}
+    if opts.lm and model.config.molecule_tokens:
+        for geometry, examples in by_geometry.items():
+            score_generation(report, sections[geometry][0], model, examples, geometry, opts)
         if opts.wants("retrieval"):
             score_retrieval(report, model, dataset, opts)
-    else:
+    elif opts.lm:
         score_generation(report, SECTION_SMILES_ONLY, model, _examples(dataset, opts, None), None, opts)
     if opts.heads:
         report.metadata["property_heads"] = heads_status(model)
         if model.property_head is not None and model.property_head.trained:
-            score_heads(report, SECTION_HEADS_DFT, model, by_geometry["dft"], "dft", opts)
-            score_heads(report, SECTION_HEADS_CONFORMER, model, by_geometry["etkdg"], "etkdg", opts)
-    if smiles_only is not None:
+            for geometry, examples in by_geometry.items():
+                score_heads(report, sections[geometry][1], model, examples, geometry, opts)
+    if smiles_only is not None and opts.lm:
         score_generation(report, SECTION_SMILES_ONLY, smiles_only, _examples(dataset, opts, None), None, opts)
     train_labels: dict[str, list[float]] = defaultdict(list)
     for row in dataset.tasks.get("train", []):

@@ -87,10 +87,12 @@ class PropertyHead(nn.Module):
         return ((self._transform(values.double()) - mean) / std).float()
 
     def to_units(self, z: torch.Tensor) -> torch.Tensor:
-        """(..., T) standardised -> values in units (float64)."""
+        """(..., T) standardised -> values in units (float64), >= 0 for the non-negative targets."""
         mean, std = self._statistics(z.device)
         t = z.double() * std + mean
-        return torch.where(self._log(z.device), torch.expm1(t), t)
+        values = torch.where(self._log(z.device), torch.expm1(t), t)
+        nonnegative = torch.tensor([TARGETS[t].nonnegative for t in self.targets], device=z.device)
+        return torch.where(nonnegative, values.clamp(min=0), values)
 
     def _statistics(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.mean is None or self.config.std is None:
