@@ -142,7 +142,7 @@ def test_geometries_option_scores_only_the_chosen_inputs(heads_model, heads_set)
         evaluate(heads_model, heads_set, EvalOptions(tasks=("logp",), decoding=FAST, progress=False, geometries=()))
 
 
-def test_no_lm_scores_the_heads_and_the_mean_without_generating(heads_model, heads_set, monkeypatch):
+def test_no_lm_scores_the_heads_without_generating(heads_model, heads_set, monkeypatch):
     full = _sections(evaluate(heads_model, heads_set, EvalOptions(tasks=("logp",), decoding=FAST, progress=False)))
 
     def refuse(*args, **kwargs):

@@ -69,8 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-lm",
         action="store_true",
-        help="no LM answers: only the property heads and the training mean, on every example (fast: one encoder "
-        "pass per molecule)",
+        help="no LM answers: only the property heads and the training mean (fast: one encoder pass per example, "
+        "so the whole test split takes minutes)",
     )
     p.add_argument(
         "--geometries",

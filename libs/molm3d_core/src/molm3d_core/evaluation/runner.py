@@ -85,6 +85,13 @@ GRID_NOTE = (
 )
 
 
+# geometry -> (its LM section, its property-head section)
+GEOMETRY_SECTIONS: dict[str, tuple[str, str]] = {
+    "dft": (SECTION_DFT, SECTION_HEADS_DFT),
+    "etkdg": (SECTION_CONFORMER, SECTION_HEADS_CONFORMER),
+}
+
+
 @dataclass
 class EvalOptions:
     split: str = "test"
@@ -367,14 +374,12 @@ def evaluate(
         report.metadata["token_ablation"] = f"seed {opts.ablation_seed}"
     report.metadata["geometries"] = list(opts.geometries)
     report.metadata["lm"] = "scored" if opts.lm else "off (--no-lm)"
-    unknown = sorted(set(opts.geometries) - {"dft", "etkdg"})
-    if unknown or not opts.geometries:
-        raise ValueError(f"geometries must be a non-empty subset of ('dft', 'etkdg'), got {opts.geometries}")
+    if not opts.geometries or set(opts.geometries) - set(GEOMETRY_SECTIONS):
+        raise ValueError(f"geometries must be a non-empty subset of {tuple(GEOMETRY_SECTIONS)}, got {opts.geometries}")
     by_geometry = {g: _examples(dataset, opts, g) for g in opts.geometries}
-    sections = {"dft": (SECTION_DFT, SECTION_HEADS_DFT), "etkdg": (SECTION_CONFORMER, SECTION_HEADS_CONFORMER)}
     if opts.lm and model.config.molecule_tokens:
         for geometry, examples in by_geometry.items():
-            score_generation(report, sections[geometry][0], model, examples, geometry, opts)
+            score_generation(report, GEOMETRY_SECTIONS[geometry][0], model, examples, geometry, opts)
         if opts.wants("retrieval"):
             score_retrieval(report, model, dataset, opts)
     elif opts.lm:
@@ -383,7 +388,7 @@ def evaluate(
         report.metadata["property_heads"] = heads_status(model)
         if model.property_head is not None and model.property_head.trained:
             for geometry, examples in by_geometry.items():
-                score_heads(report, sections[geometry][1], model, examples, geometry, opts)
+                score_heads(report, GEOMETRY_SECTIONS[geometry][1], model, examples, geometry, opts)
     if smiles_only is not None and opts.lm:
         score_generation(report, SECTION_SMILES_ONLY, smiles_only, _examples(dataset, opts, None), None, opts)
     train_labels: dict[str, list[float]] = defaultdict(list)

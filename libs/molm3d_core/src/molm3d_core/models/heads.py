@@ -90,9 +90,8 @@ class PropertyHead(nn.Module):
         """(..., T) standardised -> values in units (float64), >= 0 for the non-negative targets."""
         mean, std = self._statistics(z.device)
         t = z.double() * std + mean
-        values = torch.where(self._log(z.device), torch.expm1(t), t)
-        nonnegative = torch.tensor([TARGETS[t].nonnegative for t in self.targets], device=z.device)
-        return torch.where(nonnegative, values.clamp(min=0), values)
+        values = torch.where(self._flag("log", z.device), torch.expm1(t), t)
+        return torch.where(self._flag("nonnegative", z.device), values.clamp(min=0), values)
 
     def _statistics(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.mean is None or self.config.std is None:
@@ -100,11 +99,12 @@ class PropertyHead(nn.Module):
         as_tensor = lambda v: torch.tensor(v, dtype=torch.float64, device=device)  # noqa: E731
         return as_tensor(self.config.mean), as_tensor(self.config.std)
 
-    def _log(self, device: torch.device) -> torch.Tensor:
-        return torch.tensor([TARGETS[t].log for t in self.targets], dtype=torch.bool, device=device)
+    def _flag(self, name: str, device: torch.device) -> torch.Tensor:
+        """(T,) bool: the `Target` field `name` (log, nonnegative) of each target."""
+        return torch.tensor([getattr(TARGETS[t], name) for t in self.targets], dtype=torch.bool, device=device)
 
     def _transform(self, values: torch.Tensor) -> torch.Tensor:
-        return torch.where(self._log(values.device), torch.log1p(values.clamp(min=0)), values)
+        return torch.where(self._flag("log", values.device), torch.log1p(values.clamp(min=0)), values)
 
 
 class QueryPropertyHead(nn.Module):
