@@ -281,6 +281,22 @@ def test_sdf_v2000_v3000_corrupt_and_untitled_records(tmp_path: Path) -> None:
     assert "2D" in drawing.warnings[0]
 
 
+@pytest.mark.parametrize("v3000", [False, True])
+def test_nan_coordinate_is_a_parse_error_in_both_molfile_versions(v3000: bool) -> None:
+    lines = molblock(embedded("CCO"), "broken", v3000=v3000).splitlines()
+    if v3000:  # "M  V30 1 C x y z 0": the first atom's x
+        i = next(i for i, line in enumerate(lines) if line.startswith("M  V30 1 "))
+        fields = lines[i].split()
+        fields[4] = "nan"
+        lines[i] = "M  V30 " + " ".join(fields[2:])
+    else:  # the first atom line's x field (10 characters)
+        lines[4] = "       nan" + lines[4][10:]
+    (got,) = parse_text("\n".join(lines) + "\n$$$$\n", "sdf")
+    err = as_error(got)
+    # V3000 used to be accepted, its conformer silently regenerated
+    assert (err.record_id, err.code) == ("broken", ErrorCode.PARSE_ERROR)
+
+
 def test_mol_file(tmp_path: Path) -> None:
     path = tmp_path / "aspirin.mol"
     path.write_text(molblock(embedded(ASPIRIN), "aspirin"))

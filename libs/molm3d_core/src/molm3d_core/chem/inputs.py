@@ -142,6 +142,9 @@ def _make_record(
     mol: Chem.Mol, record_id: str, fmt: str, limits: InputLimits, *, has_3d: bool, warnings: list[str]
 ) -> MoleculeRecord:
     _check_atoms(mol, limits)
+    # RDKit reads "nan" in a V3000 block (V2000 rejects it): a broken record, not a 2D drawing to redo.
+    if mol.GetNumConformers() and not np.isfinite(mol.GetConformer().GetPositions()).all():
+        raise MoleculeError(ErrorCode.PARSE_ERROR, "coordinates contain NaN or infinite values")
     if not has_3d:
         mol.RemoveAllConformers()
     fragments = len(Chem.GetMolFrags(mol))
