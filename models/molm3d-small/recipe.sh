@@ -22,19 +22,20 @@ $M train 1 --config $CFG --data "$DATA" --output "$RUN" --steps "${STAGE1_STEPS:
 # 2. Captions through the LM: projector + LoRA (the Q-Former stays as stage 1 left it).
 $M train 2 --config $CFG --data "$DATA" --output "$RUN" --steps "${STAGE2_STEPS:-50}" --set lr=2e-4
 # 3. Instruction tuning on every task, p ~ weight * N ** 0.25 (orbital energies up, the total energy down).
-$M train 3 --config $CFG --data "$DATA" --output "$RUN" --steps "${STAGE3_STEPS:-700}" --set lr=2e-4 \
-  --set 'task_weights={homo=3.0, lumo=3.0, gap=3.0, energy=0.25}'
+STAGE3=(--steps "${STAGE3_STEPS:-700}" --set lr=2e-4 --set 'task_weights={homo=3.0, lumo=3.0, gap=3.0, energy=0.25}')
 # 3b. More instruction tuning from stage 3's final weights, orbital energies weighted 5, fresh optimizer and
 #     schedule (the LM learns to read the numbers late: HOMO 0.51 eV at step 250, 0.268 at step 700).
-$M train 3 --config $CFG --data "$DATA" --output "$RUN/more" --steps "${STAGE3B_STEPS:-1300}" --set lr=1.5e-4 \
-  --set save_every=100 --set init_checkpoint="$RUN/stage3/final" \
-  --set 'task_weights={homo=5.0, lumo=5.0, gap=5.0, energy=0.25}'
+STAGE3B=(--steps "${STAGE3B_STEPS:-1300}" --set lr=1.5e-4 --set save_every=100
+         --set 'task_weights={homo=5.0, lumo=5.0, gap=5.0, energy=0.25}')
+$M train 3 --config $CFG --data "$DATA" --output "$RUN" "${STAGE3[@]}"
+$M train 3 --config $CFG --data "$DATA" --output "$RUN/more" "${STAGE3B[@]}" --set init_checkpoint="$RUN/stage3/final"
 $M export --checkpoint "$RUN/more/stage3/final" -o "$RUN/molm3d-small" --model-id molm3d-small  # fp16, <= 60 MB
 
-# Baseline (a): the same LM and LoRA, SMILES-only prompts, stage 3's data and mixture (not yet run for
-# the current checkpoint: see its model card).
-$M train 3 --config $CFG --data "$DATA" --output "$RUN-smiles" --steps "${BASELINE_STEPS:-${STAGE3_STEPS:-700}}" \
-  --set lr=2e-4 --set 'task_weights={homo=3.0, lumo=3.0, gap=3.0, energy=0.25}' --smiles-only
+# Baseline (a): the same LM and LoRA, SMILES-only prompts, the same stage 3 and 3b data, mixtures and
+# steps (not yet run for the current checkpoint: see its model card).
+$M train 3 --config $CFG --data "$DATA" --output "$RUN-smiles" "${STAGE3[@]}" --smiles-only
+$M train 3 --config $CFG --data "$DATA" --output "$RUN-smiles/more" "${STAGE3B[@]}" \
+  --set init_checkpoint="$RUN-smiles/stage3/final" --smiles-only
 
 # Evaluation for the model card (test split; what the card reports and how long each took here).
 mkdir -p "$RUN/eval"
