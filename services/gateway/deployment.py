@@ -18,6 +18,7 @@ from molm3d.v1 import common_pb2, encoder_pb2, gateway_pb2, lm_pb2, retrieval_pb
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from molm3d_core.decoding import TASK_DEFAULTS
 from molm3d_core.prompts import CAPTION_INSTRUCTION, parse_number
 
 from ..common.errors import ServiceError
@@ -33,6 +34,18 @@ STAGES = {
 }
 MAX_QUESTION_CHARS = 2_000
 MAX_K = 1_000
+
+
+def task_decoding(decoding: common_pb2.DecodingOptions, task: str) -> common_pb2.DecodingOptions:
+    """`decoding` with `task`'s defaults (molm3d_core.decoding.TASK_DEFAULTS) in the fields it leaves
+    unset, so that a served caption decodes as `molm3d caption` does; the LM stage fills the rest."""
+    out = common_pb2.DecodingOptions()
+    out.CopyFrom(decoding)
+    for name, value in TASK_DEFAULTS.get(task, {}).items():
+        unset = not out.HasField(name) if out.DESCRIPTOR.fields_by_name[name].has_presence else not getattr(out, name)
+        if unset:
+            setattr(out, name, value)
+    return out
 
 
 def _request_id() -> str:
@@ -152,7 +165,8 @@ class GatewayStage(Stage):
 
     @rpc
     async def Caption(self, request: gateway_pb2.CaptionRequest, grpc_context: Any = None) -> gateway_pb2.Answer:
-        work = self._complete(request.molecule, CAPTION_INSTRUCTION, request.decoding, ask=False)
+        work = self._complete(request.molecule, CAPTION_INSTRUCTION, task_decoding(request.decoding, "caption"),
+                              ask=False)  # fmt: skip
         return await asyncio.wait_for(work, self._timeout(grpc_context))
 
     @rpc
@@ -163,7 +177,8 @@ class GatewayStage(Stage):
     @rpc_stream
     async def CaptionStream(self, request: gateway_pb2.CaptionRequest, grpc_context: Any = None):
         timeout_s = self._timeout(grpc_context)
-        async for chunk in self._stream(request.molecule, CAPTION_INSTRUCTION, request.decoding, False, timeout_s):
+        decoding = task_decoding(request.decoding, "caption")
+        async for chunk in self._stream(request.molecule, CAPTION_INSTRUCTION, decoding, False, timeout_s):
             yield chunk
 
     @rpc_stream

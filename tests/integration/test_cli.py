@@ -41,6 +41,15 @@ def test_console_script_captions_a_file_with_provenance(tmp_path):
     assert "broken" in proc.stderr and "1 of 3 records failed" in proc.stderr
 
 
+def test_demo_captions_end_at_eos_with_the_default_decoding(capsys):
+    # The caption default (repetition penalty 1.2 over the 4-gram block) is what stops caffeine's
+    # caption from counting locants "2,3,4,...,40," to the token limit; answers keep no penalty.
+    code, out, _ = _run(capsys, "caption", str(EXAMPLES / "molecules.smi"))
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 8 and {r["finish_reason"] for r in rows} == {"eos"}, [r["caption"] for r in rows]
+
+
 def test_ask_on_sdf_keeps_input_geometry_and_parses_numbers(capsys):
     code, out, _ = _run(capsys, "ask", str(EXAMPLES / "molecules.sdf"), "-q", "What is the HOMO energy?",
                         "--max-new-tokens", "6", "--format", "csv")  # fmt: skip

@@ -110,14 +110,16 @@ def test_each_stage_answers_over_grpc(channel):
 def test_gateway_equals_in_process_library(client, tiny_checkpoint):
     from molm3d_core.checkpoints import load_model
     from molm3d_core.chem import parse_smiles
+    from molm3d_core.decoding import default_decoding
     from molm3d_core.models import DecodingOptions
     from molm3d_core.pipeline import Predictor
 
     model, info = load_model(tiny_checkpoint, device="cpu", dtype="float32")
-    predictor = Predictor(model, info, decoding=DecodingOptions(max_new_tokens=12))
+    # Each side decodes a task with its default (captions: repetition penalty 1.2; answers: none).
+    predictor = Predictor(model, info)
     for smiles in (ASPIRIN, "CCO"):
         local = next(predictor.run([parse_smiles(smiles, record_id="m")], "caption"))
-        served = client.caption(mol(smiles, id="m"), max_new_tokens=12)
+        served = client.caption(mol(smiles, id="m"), max_new_tokens=default_decoding("caption").max_new_tokens)
         assert (served.text, served.smiles, served.conformer_method, served.finish_reason) == (
             local["caption"],
             local["smiles"],
@@ -126,13 +128,32 @@ def test_gateway_equals_in_process_library(client, tiny_checkpoint):
         )
         assert served.model_id == info.model_id and served.request_id
         asked = client.ask(mol(smiles), "What is the HOMO energy?", max_new_tokens=12)
-        local_ask = next(predictor.run([parse_smiles(smiles, record_id="m")], "ask", "What is the HOMO energy?"))
+        local_ask = next(
+            Predictor(model, info, decoding=default_decoding("ask", max_new_tokens=12)).run(
+                [parse_smiles(smiles, record_id="m")], "ask", "What is the HOMO energy?"
+            )
+        )
         assert asked.text == local_ask["answer"]
     # n-gram blocking travels with the request (and is part of the LM batch key)
     blocked = Predictor(model, info, decoding=DecodingOptions(max_new_tokens=12, no_repeat_ngram_size=1))
     local = next(blocked.run([parse_smiles(ASPIRIN, record_id="m")], "caption"))
     served = client.caption(mol(ASPIRIN, id="m"), max_new_tokens=12, no_repeat_ngram_size=1)
     assert served.text == local["caption"]
+
+
+def test_captions_get_the_caption_default_where_the_request_leaves_it_unset():
+    from molm3d_core.decoding import default_decoding
+    from molm3d_services.gateway.deployment import task_decoding
+
+    # (the tiny random LM never repeats a token, so the served texts cannot show the penalty)
+    penalty = default_decoding("caption").repetition_penalty
+    assert penalty > 1.0
+    unset = common_pb2.DecodingOptions(max_new_tokens=12)
+    assert task_decoding(unset, "caption") == common_pb2.DecodingOptions(max_new_tokens=12,
+                                                                          repetition_penalty=penalty)  # fmt: skip
+    given = common_pb2.DecodingOptions(repetition_penalty=1.05, no_repeat_ngram_size=0)
+    assert task_decoding(given, "caption") == given
+    assert task_decoding(unset, "ask") == unset and not unset.repetition_penalty  # the request is not changed
 
 
 def test_streaming_yields_the_same_text(client):

@@ -20,10 +20,10 @@ from molm3d_core.evaluation.report import (
     SECTION_HEADS_DFT,
 )
 from molm3d_core.evaluation.runner import DECODING_GRID, EvalOptions, evaluate, swap_donors
-from molm3d_core.models import DecodingOptions, Generation, MoLM3D, MoLM3DConfig
+from molm3d_core.models import Generation, MoLM3D, MoLM3DConfig
 from tests.helpers import write_tiny_dataset
 
-FAST = DecodingOptions(max_new_tokens=2)
+FAST = {"max_new_tokens": 2}
 
 
 def _read_jsonl(path):
@@ -90,6 +90,28 @@ def test_text_limit_caps_text_tasks_only(tiny_model, test_set):
     opts = EvalOptions(tasks=("mw", "caption"), limit=3, decoding=FAST, progress=False, bootstrap=None)
     rows = _sections(evaluate(tiny_model, test_set, opts))[SECTION_CONFORMER]["rows"]
     assert rows["mw"]["n"] == 3 and rows["caption"]["n"] == 3
+
+
+def test_captions_and_answers_decode_with_their_task_defaults(tiny_model, test_set, monkeypatch):
+    seen: dict[str, set[float]] = {}
+    generate = tiny_model.generate
+
+    def spy(features, smiles, questions, decoding):
+        task = "caption" if "describe" in questions[0].lower() else "mw"
+        seen.setdefault(task, set()).add(decoding.repetition_penalty)
+        return generate(features, smiles, questions, decoding)
+
+    monkeypatch.setattr(tiny_model, "generate", spy)
+    opts = EvalOptions(tasks=("mw", "caption"), limit=2, decoding=FAST, progress=False, bootstrap=None, heads=False)
+    evaluate(tiny_model, test_set, opts)
+    assert seen == {"caption": {1.2}, "mw": {1.0}}  # as `molm3d caption` / `molm3d ask` and the gateway
+    seen.clear()
+    evaluate(tiny_model, test_set, EvalOptions(**{**vars(opts), "decoding": {**FAST, "repetition_penalty": 1.1}}))
+    assert seen == {"caption": {1.1}, "mw": {1.1}}  # a given penalty is every task's
+    with pytest.raises(ValueError, match="unknown decoding options"):
+        EvalOptions(decoding={"temperature": 0.7})
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        EvalOptions(decoding={"repetition_penalty": 0})
 
 
 def _head_mae(model, dataset, task, geometry):
@@ -169,7 +191,7 @@ def test_token_ablation_answers_do_not_change_when_all_molecules_are_the_same(ti
     _write_jsonl(root / "molecules.jsonl", same)
     tasks = [{**t, "label": 46.07} for t in _read_jsonl(root / "tasks" / "test.jsonl")]
     _write_jsonl(root / "tasks" / "test.jsonl", tasks)
-    opts = EvalOptions(tasks=("mw",), decoding=DecodingOptions(max_new_tokens=6), progress=False, batch_size=4,
+    opts = EvalOptions(tasks=("mw",), decoding={"max_new_tokens": 6}, progress=False, batch_size=4,
                        token_ablation=True, heads=False)  # fmt: skip
     report = evaluate(tiny_model, root, opts)
     for title in (SECTION_DFT, SECTION_CONFORMER):
@@ -230,13 +252,15 @@ def test_progress_lines_without_a_terminal(tiny_model, test_set, capsys):
 
 def test_cli_decoding_flags_bootstrap_and_progress(checkpoint, test_set, tmp_path, capsys):
     code = main(["eval", "--checkpoint", str(checkpoint), "--data", str(test_set), "--tasks", "mw", "--limit", "4",
-                 "--max-new-tokens", "3", "--beams", "2", "--repetition-penalty", "1.2", "--no-repeat-ngram", "3",
+                 "--max-new-tokens", "3", "--beams", "2", "--repetition-penalty", "1.1", "--no-repeat-ngram", "3",
                  "--length-penalty", "0.8", "--bootstrap", "200", "--seed", "5",
                  "--json", str(tmp_path / "r.json")])  # fmt: skip
     assert code == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["metadata"]["decoding"] == {"num_beams": 2, "max_new_tokens": 3, "repetition_penalty": 1.2,
-                                              "length_penalty": 0.8, "no_repeat_ngram_size": 3}  # fmt: skip
+    # a given penalty is every task's, captions' too
+    given = {"num_beams": 2, "max_new_tokens": 3, "repetition_penalty": 1.1, "length_penalty": 0.8,
+             "no_repeat_ngram_size": 3}  # fmt: skip
+    assert report["metadata"]["decoding"] == {"caption": given, "other tasks": given}
     assert "200 resamples, seed 5" in report["metadata"]["bootstrap"]
     row = {s["title"]: s["rows"] for s in report["sections"]}[SECTION_CONFORMER]["mw"]
     assert row["n"] == 4 and {"valid_ratio_ci_low", "valid_ratio_ci_high"} <= set(row)
@@ -258,6 +282,8 @@ def test_cli_decoding_grid_compares_decodings_on_captions(checkpoint, test_set, 
         assert row["n"] == 2 and 1 <= row["mean_tokens"] <= 3 and row["tokens_per_s"] > 0
         assert {"bleu2", "bleu4", "rouge1", "rouge2", "rougeL", "repeat4", "truncated", "bleu2_ci_low"} <= set(row)
     grid = report["metadata"]["decoding_grid"]
+    assert grid["greedy"] == {"num_beams": 1, "max_new_tokens": 3, "repetition_penalty": 1.0, "length_penalty": 1.0,
+                              "no_repeat_ngram_size": 0}  # fmt: skip
     assert grid["greedy, no_repeat_ngram 3"]["no_repeat_ngram_size"] == 3
     assert grid["beam 5, both penalties"] == {"num_beams": 5, "max_new_tokens": 3, "repetition_penalty": 1.2,
                                               "length_penalty": 1.0, "no_repeat_ngram_size": 3}  # fmt: skip

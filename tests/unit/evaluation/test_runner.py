@@ -11,7 +11,7 @@ from molm3d_core.checkpoints import save_checkpoint
 from molm3d_core.cli.main import main
 from molm3d_core.evaluation.report import SECTION_CONFORMER, SECTION_DFT, SECTION_SMILES_ONLY, SECTION_TRAIN_MEAN
 from molm3d_core.evaluation.runner import EvalOptions, evaluate
-from molm3d_core.models import DecodingOptions, MoLM3D, MoLM3DConfig
+from molm3d_core.models import MoLM3D, MoLM3DConfig
 from tests.helpers import write_tiny_dataset
 
 
@@ -23,7 +23,7 @@ def test_set(tmp_path_factory):
 def test_every_section_and_the_mean_baseline(tiny_model, test_set):
     baseline = MoLM3D(MoLM3DConfig.preset_config("tiny")).eval()
     baseline.config.molecule_tokens = False
-    opts = EvalOptions(decoding=DecodingOptions(max_new_tokens=4), progress=False)
+    opts = EvalOptions(decoding={"max_new_tokens": 4}, progress=False)
     report = evaluate(tiny_model, test_set, opts, smiles_only=baseline, model_id="tiny").to_dict()
     sections = {s["title"]: s for s in report["sections"]}
     assert set(sections) == {SECTION_DFT, SECTION_CONFORMER, SECTION_SMILES_ONLY, SECTION_TRAIN_MEAN}

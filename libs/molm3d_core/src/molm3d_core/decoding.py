@@ -1,4 +1,4 @@
-"""How the LM decodes: one dataclass whose defaults are the defaults of the CLI, the services and eval.
+"""How the LM decodes: one dataclass, and the per-task defaults that the CLI, the services and eval share.
 
 Torch-free, so that argument parsers and service front ends can read the defaults without importing
 the model code.
@@ -7,6 +7,7 @@ the model code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -28,3 +29,15 @@ class DecodingOptions:
             raise ValueError(f"no_repeat_ngram_size must be an integer, got {self.no_repeat_ngram_size!r}")
         if self.no_repeat_ngram_size < 0:
             raise ValueError(f"no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
+
+
+# Task -> overrides of the DecodingOptions defaults for that task. Captions are free text: a repetition
+# penalty of 1.2 on top of the 4-gram block stops the locant counting ("2,3,4,...,40,") that the block
+# alone lets through (model card: captions with and without it). Answers keep 1.0: the penalty would
+# push a number away from repeating its own digits.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {"caption": {"repetition_penalty": 1.2}}
+
+
+def default_decoding(task: str, **overrides: Any) -> DecodingOptions:
+    """The decoding of `task` (caption, ask, an eval task name, ...) with `overrides` on top."""
+    return DecodingOptions(**{**TASK_DEFAULTS.get(task, {}), **overrides})

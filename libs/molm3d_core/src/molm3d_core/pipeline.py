@@ -23,8 +23,9 @@ from .chem import (
     featurize,
     generate_conformer,
 )
+from .decoding import DecodingOptions, default_decoding
 from .errors import ErrorCode, MoleculeError
-from .models import DecodingOptions, MoLM3D
+from .models import MoLM3D
 from .prompts import parse_number
 from .targets import TARGETS
 
@@ -89,12 +90,13 @@ class Predictor:
     """A loaded model plus the options of one run.
 
     `properties`: the targets `predict` outputs (None: every head of the model), checked here.
+    `decoding`: None decodes each task with its default (`default_decoding`), as the CLI and services do.
     """
 
     model: MoLM3D
     info: CheckpointInfo
     conformer_options: ConformerOptions = field(default_factory=ConformerOptions)
-    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    decoding: DecodingOptions | None = None
     batch_size: int = 8
     properties: tuple[str, ...] | None = None
 
@@ -118,10 +120,11 @@ class Predictor:
         if task == "embed":
             emb = self.model.embed_molecules(features).float().cpu()  # (B, Q, E)
             return [{"embedding": e.tolist(), "embedding_shape": list(e.shape)} for e in emb]
+        decoding = self.decoding or default_decoding(task)
         if task == "caption":
-            gens = self.model.caption(features, smiles, self.decoding)
+            gens = self.model.caption(features, smiles, decoding)
             return [{"caption": g.text, "finish_reason": g.finish_reason} for g in gens]
-        gens = self.model.ask(features, smiles, [question or ""] * len(batch), self.decoding)
+        gens = self.model.ask(features, smiles, [question or ""] * len(batch), decoding)
         out = []
         for g in gens:
             number = parse_number(g.text)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..decoding import DecodingOptions
+    from ..decoding import TASK_DEFAULTS, DecodingOptions
 
     default = DecodingOptions()  # the CLI's and the services' defaults too
+    caption_penalty = TASK_DEFAULTS["caption"]["repetition_penalty"]
     p = sub.add_parser("eval", help="evaluate a checkpoint (property MAE, text metrics, retrieval) with baselines")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the default checkpoint)")
     p.add_argument("--data", required=True, help="dataset folder from `molm3d data build`")
@@ -39,8 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--repetition-penalty",
         type=float,
-        default=default.repetition_penalty,
-        help=f"> 1 discourages repeated tokens (1 = off; default {default.repetition_penalty:g})",
+        help=f"> 1 discourages repeated tokens, 1 = off (default: {caption_penalty:g} for captions, "
+        f"{default.repetition_penalty:g} for the other tasks, as `molm3d caption` and `molm3d ask`)",
     )
     p.add_argument(
         "--no-repeat-ngram",
@@ -100,11 +101,11 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoints import load_model
     from ..evaluation.bootstrap import Bootstrap
     from ..evaluation.runner import EvalOptions, evaluate
-    from ..models import DecodingOptions
 
-    decoding = DecodingOptions(num_beams=args.beams, max_new_tokens=args.max_new_tokens,
-                               repetition_penalty=args.repetition_penalty, length_penalty=args.length_penalty,
-                               no_repeat_ngram_size=args.no_repeat_ngram)  # fmt: skip
+    decoding = {"num_beams": args.beams, "max_new_tokens": args.max_new_tokens, "length_penalty": args.length_penalty,
+                "no_repeat_ngram_size": args.no_repeat_ngram}  # fmt: skip
+    if args.repetition_penalty is not None:  # unset: each task's default
+        decoding["repetition_penalty"] = args.repetition_penalty
     tty = sys.stderr.isatty()
     opts = EvalOptions(split=args.split, tasks=tuple(args.tasks), limit=args.limit, text_limit=args.text_limit,
                        batch_size=args.batch_size, rerank=not args.no_rerank, decoding=decoding,

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     if task in ("caption", "ask"):
         parser.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy; the paper used 5)")
         parser.add_argument("--max-new-tokens", type=_positive, default=_MAX_NEW_TOKENS[task])
-        default = _default_decoding()
+        default = _default_decoding(task)
         parser.add_argument("--repetition-penalty", type=float, default=default.repetition_penalty,
                             help=f"> 0, 1 = off (default {default.repetition_penalty:g})")  # fmt: skip
         parser.add_argument("--no-repeat-ngram", type=int, default=default.no_repeat_ngram_size, metavar="N",
@@ -74,10 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     parser.set_defaults(handler=run, task=task)
 
 
-def _default_decoding():
-    from ..decoding import DecodingOptions  # the one place the default decoding lives (torch-free)
+def _default_decoding(task: str):
+    from ..decoding import default_decoding  # the one place the task defaults live (torch-free)
 
-    return DecodingOptions()
+    return default_decoding(task)
 
 
 def _positive(text: str) -> int:
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     properties = None
     if args.task == "predict":
         properties, info = _property_heads(model, info, args.properties)
-    decoding = DecodingOptions()
+    decoding = None
     if args.task in ("caption", "ask"):
         decoding = DecodingOptions(
             num_beams=args.beams,

@@ -20,7 +20,6 @@ import dataclasses
 import math
 import sys
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from tqdm import tqdm
 from ..chem import collate
 from ..data.dataset import Dataset, load_dataset
 from ..data.features import Geometry, has_geometry, molecule_features
+from ..decoding import TASK_DEFAULTS, default_decoding
 from ..models import DecodingOptions, Generation, MoLM3D
 from ..targets import TARGETS
 from .bootstrap import Bootstrap, flatten_intervals, masked_mae_resamples
@@ -55,8 +55,9 @@ Example = tuple[dict[str, Any], dict[str, Any]]  # (molecule row, task row)
 # Property tasks the encoder's heads also predict (same name, same unit).
 HEAD_TASKS = tuple(t for t in PROPERTY_TASKS if t in TARGETS)
 
-# `decoding_grid`: name -> overrides of DecodingOptions; max_new_tokens and length_penalty come from
-# `EvalOptions.decoding`, everything else is as listed (defaults: greedy, no penalties).
+# `decoding_grid`: name -> decoding on top of PLAIN (greedy, no penalty, no n-gram block);
+# max_new_tokens and length_penalty come from `EvalOptions.decoding`.
+PLAIN = {"num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
 PENALTIES = {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
 DECODING_GRID: tuple[tuple[str, dict[str, Any]], ...] = (
     ("greedy", {}),
@@ -102,7 +103,9 @@ class EvalOptions:
     # Re-rank retrieval candidates with the matching head (128 per query: on 2 CPU cores about 17 pairs/s,
     # so hours for the whole test set; False scores the embedding similarity alone).
     rerank: bool = True
-    decoding: DecodingOptions = field(default_factory=lambda: DecodingOptions(max_new_tokens=64))
+    # Overrides of each task's default decoding (`default_decoding`: captions get a repetition penalty,
+    # answers do not), as the CLI and the services decode.
+    decoding: dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 64})
     progress: bool = True  # a tqdm bar (for a terminal)
     progress_every: int = 0  # without the bar: a plain stderr line every N batches and at the end (0 = none)
     bootstrap: Bootstrap | None = field(default_factory=Bootstrap)  # None: no intervals
@@ -112,6 +115,16 @@ class EvalOptions:
     ablation_seed: int = 0
     decoding_grid: bool = False  # compare DECODING_GRID on the text tasks instead of the usual sections
     geometries: tuple[Geometry, ...] = ("dft", "etkdg")  # the 3D inputs of the 3D and head sections
+
+    def __post_init__(self) -> None:
+        unknown = set(self.decoding) - {f.name for f in dataclasses.fields(DecodingOptions)}
+        if unknown:
+            raise ValueError(f"unknown decoding options: {sorted(unknown)}")
+        for task in ("", *TASK_DEFAULTS):
+            self.decoding_for(task)  # ValueError now rather than after an hour of answers
+
+    def decoding_for(self, task: str) -> DecodingOptions:
+        return default_decoding(task, **self.decoding)
 
     def wants(self, task: str) -> bool:
         return not self.tasks or task in self.tasks
@@ -176,33 +189,29 @@ def swap_donors(n: int, seed: int) -> np.ndarray:
 @torch.no_grad()
 def generate_answers(
     model: MoLM3D, examples: list[Example], geometry: Geometry | None, opts: EvalOptions, desc: str,
-    *, decoding: DecodingOptions | None = None, donors: Sequence[int] | None = None,
+    *, decoding: DecodingOptions, donors: Sequence[int] | None = None,
 ) -> list[Generation]:  # fmt: skip
     """The model's generations, batched; `geometry=None` for a SMILES-only model. With `donors`,
     example i is asked with its own prompt (SMILES, question) but the molecule tokens of example
     donors[i] (the token ablation)."""
-    decoding = decoding or opts.decoding
     gens: list[Generation] = []
     progress = Progress(len(examples), desc, opts)
-    with warnings.catch_warnings():
-        # transformers says that the penalties see generated tokens only: the prompt goes in as embeddings.
-        warnings.filterwarnings("ignore", message=r"Passing `\w+` with `inputs_embeds`", category=UserWarning)
-        for start in range(0, len(examples), opts.batch_size):
-            chunk = examples[start : start + opts.batch_size]
-            smiles, questions = [m["smiles"] for m, _ in chunk], [r["instruction"] for _, r in chunk]
-            if donors is None:
-                features = None
-                if model.config.molecule_tokens:
-                    geo = geometry or "etkdg"
-                    features = collate([molecule_features(m, geo, model.config.max_atoms) for m, _ in chunk])
-                gens += model.generate(features, smiles, questions, decoding)
-            else:
-                # MoLM3D.generate's steps, with the molecule tokens of other examples.
-                rows = [examples[j][0] for j in donors[start : start + opts.batch_size]]
-                features = collate([molecule_features(m, geometry or "etkdg", model.config.max_atoms) for m in rows])
-                prompts = [model.prompt(q, s) for q, s in zip(questions, smiles, strict=True)]
-                gens += model.lm.generate(prompts, model.molecule_tokens(features), decoding)
-            progress.update(len(chunk))
+    for start in range(0, len(examples), opts.batch_size):
+        chunk = examples[start : start + opts.batch_size]
+        smiles, questions = [m["smiles"] for m, _ in chunk], [r["instruction"] for _, r in chunk]
+        if donors is None:
+            features = None
+            if model.config.molecule_tokens:
+                geo = geometry or "etkdg"
+                features = collate([molecule_features(m, geo, model.config.max_atoms) for m, _ in chunk])
+            gens += model.generate(features, smiles, questions, decoding)
+        else:
+            # MoLM3D.generate's steps, with the molecule tokens of other examples.
+            rows = [examples[j][0] for j in donors[start : start + opts.batch_size]]
+            features = collate([molecule_features(m, geometry or "etkdg", model.config.max_atoms) for m in rows])
+            prompts = [model.prompt(q, s) for q, s in zip(questions, smiles, strict=True)]
+            gens += model.lm.generate(prompts, model.molecule_tokens(features), decoding)
+        progress.update(len(chunk))
     progress.close()
     return gens
 
@@ -214,7 +223,7 @@ def token_ablation_row(
     """mae_swapped (+ interval), swap_ratio = mae_swapped / mae (+ paired interval), swap_identical."""
     donors = swap_donors(len(examples), opts.ablation_seed)
     swapped = [g.text for g in generate_answers(model, examples, geometry, opts, f"{desc} (swapped tokens)",
-                                                donors=donors)]  # fmt: skip
+                                                decoding=opts.decoding_for(task), donors=donors)]  # fmt: skip
     errors = answer_errors(task, swapped, [r["label"] for _, r in examples])
     scores = scores_from_errors(task, errors, opts.bootstrap)
     own_mae = scores_from_errors(task, own_errors).mae
@@ -240,7 +249,8 @@ def score_generation(
     tokenize: Callable[[str], list[str]] = model.lm.tokenizer.tokenize  # BLEU/METEOR on LM tokens, as the reference
     for task, examples in sorted(by_task.items()):
         desc = f"{section}: {task}"
-        answers = [g.text for g in generate_answers(model, examples, geometry, opts, desc)]
+        decoding = opts.decoding_for(task)
+        answers = [g.text for g in generate_answers(model, examples, geometry, opts, desc, decoding=decoding)]
         if task in PROPERTY_TASKS:
             errors = answer_errors(task, answers, [r["label"] for _, r in examples])
             report.add(section, task, scores_from_errors(task, errors, opts.bootstrap))
@@ -320,10 +330,8 @@ def score_retrieval(report: EvaluationReport, model: MoLM3D, dataset: Dataset, o
 
 def grid_decodings(base: DecodingOptions) -> list[tuple[str, DecodingOptions]]:
     """DECODING_GRID as DecodingOptions, with `base`'s max_new_tokens and length_penalty."""
-    return [
-        (name, DecodingOptions(max_new_tokens=base.max_new_tokens, length_penalty=base.length_penalty, **overrides))
-        for name, overrides in DECODING_GRID
-    ]
+    kept = {"max_new_tokens": base.max_new_tokens, "length_penalty": base.length_penalty}
+    return [(name, DecodingOptions(**{**PLAIN, **kept, **overrides})) for name, overrides in DECODING_GRID]
 
 
 def score_decoding_grid(report: EvaluationReport, model: MoLM3D, dataset: Dataset, opts: EvalOptions) -> None:
@@ -336,7 +344,7 @@ def score_decoding_grid(report: EvaluationReport, model: MoLM3D, dataset: Datase
     for task, examples in sorted(by_task.items()):
         section = f"decoding comparison: {task} ({label})"
         references = [r["answer"] for _, r in examples]
-        for name, decoding in grid_decodings(opts.decoding):
+        for name, decoding in grid_decodings(opts.decoding_for(task)):
             start = time.perf_counter()
             gens = generate_answers(model, examples, geometry, opts, f"{section}: {name}", decoding=decoding)
             seconds = time.perf_counter() - start
@@ -360,14 +368,15 @@ def evaluate(
     b = opts.bootstrap
     metadata = {
         "data_dir": str(data_dir), "split": opts.split, "limit": opts.limit, "text_limit": opts.text_limit,
-        "decoding": vars(opts.decoding), "model_id": model_id,
+        "decoding": {t or "other tasks": vars(opts.decoding_for(t)) for t in (*TASK_DEFAULTS, "")},
+        "model_id": model_id,
         "bootstrap": f"{b.confidence:.0%} percentile intervals over examples, {b.resamples} resamples, seed {b.seed}"
         if b is not None else "off",
     }  # fmt: skip
     report = EvaluationReport(title=f"Evaluation of {model_id or 'model'} on {opts.split}", metadata=metadata)
     if opts.decoding_grid:
         report.title = f"Decoding comparison of {model_id or 'model'} on {opts.split}"
-        report.metadata["decoding_grid"] = {name: vars(d) for name, d in grid_decodings(opts.decoding)}
+        report.metadata["decoding_grid"] = {name: vars(d) for name, d in grid_decodings(opts.decoding_for(""))}
         score_decoding_grid(report, model, dataset, opts)
         return report
     if opts.token_ablation:

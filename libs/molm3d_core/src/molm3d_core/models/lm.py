@@ -11,6 +11,7 @@ neighbours and generation stops by itself (reference defects 2 and 3).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,10 @@ from ..decoding import DecodingOptions
 from ..prompts import MOL_TOKEN
 
 __all__ = ["DecodingOptions", "Generation", "LMConfig", "MolLM"]
+
+# transformers warns that the penalties see generated tokens only: by design, the prompt goes in as
+# embeddings (and its SMILES should not penalise the answer).
+warnings.filterwarnings("ignore", message=r"Passing `\w+` with `inputs_embeds`", category=UserWarning)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
