@@ -48,13 +48,18 @@ $E --geometries etkdg --tasks homo --limit 1000 --token-ablation --no-heads --ba
   --max-new-tokens 24 --json "$RUN/eval/lm-homo.json" --markdown "$RUN/eval/lm-homo.md"
 $E --geometries etkdg --tasks lumo gap --limit 1000 --no-heads --batch-size 64 \
   --max-new-tokens 24 --json "$RUN/eval/lm-lumo-gap.json" --markdown "$RUN/eval/lm-lumo-gap.md"
-# Captions: the decodings compared (BLEU/ROUGE/METEOR, 4-gram repeats; the card's grid ran on stage 3's
-# final), the default decoding and the same with a repetition penalty.
-$E --tasks caption --decoding-grid --text-limit 40 --max-new-tokens 96 --batch-size 40 \
+# Captions: the decodings compared on the first 100 caption test examples (BLEU/ROUGE/METEOR, 4-gram
+# repeats), the default caption decoding (repetition penalty 1.2 over the 4-gram block) on all 1,899, and
+# the first 200 with and without the penalty.
+$E --tasks caption --decoding-grid --text-limit 100 --max-new-tokens 96 --batch-size 50 \
   --json "$RUN/eval/decoding-grid.json" --markdown "$RUN/eval/decoding-grid.md"
-$E --tasks caption --text-limit 40 --max-new-tokens 96 --batch-size 40 \
-  --json "$RUN/eval/captions.json" --markdown "$RUN/eval/captions.md"
-$E --tasks caption --text-limit 40 --max-new-tokens 96 --batch-size 40 --repetition-penalty 1.2 \
-  --markdown "$RUN/eval/captions-repetition-penalty.md"
+$E --tasks caption --geometries etkdg --max-new-tokens 96 --batch-size 40 \
+  --json "$RUN/eval/captions-full.json" --markdown "$RUN/eval/captions-full.md"
+$E --tasks caption --geometries etkdg --text-limit 200 --max-new-tokens 96 --batch-size 40 \
+  --json "$RUN/eval/captions-200.json" --markdown "$RUN/eval/captions-200.md"
+$E --tasks caption --geometries etkdg --text-limit 200 --max-new-tokens 96 --batch-size 40 --repetition-penalty 1 \
+  --json "$RUN/eval/captions-200-no-penalty.json" --markdown "$RUN/eval/captions-200-no-penalty.md"
 # Retrieval over the whole test set.
 $E --tasks retrieval --no-rerank --json "$RUN/eval/retrieval-full.json" --markdown "$RUN/eval/retrieval-full.md"
+# The demo molecules with the exported checkpoint and the CLI's default caption decoding.
+$M caption examples/molecules.smi --checkpoint "$RUN/molm3d-small" > "$RUN/eval/demo-captions.jsonl"

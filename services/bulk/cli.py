@@ -153,6 +153,9 @@ def run_fetch(args: argparse.Namespace) -> int:
     _write(failures, failures_path, "jsonl")
     print(f"{state.summary()}; {len(rows)} results -> {args.output}, {len(failures)} failures -> {failures_path}",
           file=sys.stderr)  # fmt: skip
+    if state.total is None:
+        print("no decodable item of this job arrived: its undecodable records are the failures", file=sys.stderr)
+        return 1
     if not state.complete:
         print(f"incomplete: {state.pending} items pending; fetch again later or `bulk status --wait`", file=sys.stderr)
         return 1

@@ -134,7 +134,8 @@ class JobState:
 
     @property
     def known(self) -> bool:
-        return self.total is not None
+        """Any record of the job arrived: its info, an item's outcome, or an undecodable record under its key."""
+        return self.total is not None or bool(self.poison)
 
     @property
     def done(self) -> int:
@@ -167,8 +168,10 @@ class JobState:
             self.failures[letter.index] = letter
 
     def summary(self) -> str:
-        total = "?" if self.total is None else self.total
-        text = f"{self.job_id}: {self.done} done, {self.failed} failed, {self.pending} pending of {total}"
+        if self.total is None:  # only undecodable records arrived under this job's key
+            text = f"{self.job_id}: {self.done} done, {self.failed} failed, size unknown (no decodable item)"
+        else:
+            text = f"{self.job_id}: {self.done} done, {self.failed} failed, {self.pending} pending of {self.total}"
         return text + (f"; {len(self.poison)} undecodable records" if self.poison else "")
 
 

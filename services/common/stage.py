@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from molm3d_core.errors import ErrorCode, MoleculeError
@@ -51,8 +51,41 @@ class Stage:
             return ServiceError.make(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded", "the request's deadline passed", self.stage
             )
+        if isinstance(exc, RayActorError):  # a replica died or restarts: retryable; its message names hosts
+            log.warning("%s: a downstream replica is unavailable: %s", self.stage, exc)
+            return ServiceError.make(
+                grpc.StatusCode.UNAVAILABLE, "unavailable", "a stage replica is restarting; retry", self.stage
+            )
+        # The exception's text can hold addresses, PIDs and paths: it goes to the log, not to the client.
         log.exception("%s: internal error", self.stage, exc_info=exc)
-        return ServiceError.make(grpc.StatusCode.INTERNAL, "internal", f"{type(exc).__name__}: {exc}", self.stage)
+        return ServiceError.make(
+            grpc.StatusCode.INTERNAL, "internal", f"internal error in the {self.stage} stage (see its log)", self.stage
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        """An RPC this stage does not serve (another stage's method, health Watch, Check on an inner
+        stage): UNIMPLEMENTED, instead of Serve's INTERNAL that lists this class's methods."""
+        if not name[:1].isupper():
+            raise AttributeError(name)
+        stage = type(self).stage
+
+        def unimplemented(grpc_context: Any) -> ServiceError:
+            err = ServiceError.make(grpc.StatusCode.UNIMPLEMENTED, "unimplemented", f"the {stage} stage does not "
+                                    f"serve {name}", stage)  # fmt: skip
+            return self._fail(err, grpc_context)
+
+        if name == "Watch" or name.endswith("Stream"):  # the server-streaming RPCs of our protos and health
+
+            async def stream(request: Any, grpc_context: Any = None) -> AsyncIterator[Any]:
+                raise unimplemented(grpc_context)
+                yield  # an async generator, as Serve calls streaming methods
+
+            return stream
+
+        async def unary(request: Any, grpc_context: Any = None) -> Any:
+            raise unimplemented(grpc_context)
+
+        return unary
 
     async def __call__(self, request: Any) -> Any:
         """HTTP to an inner stage: only the gateway speaks HTTP."""

@@ -9,6 +9,7 @@ defaulting to `request_timeout_s`; past it the call fails with DEADLINE_EXCEEDED
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,11 +17,12 @@ import grpc
 from grpc_health.v1 import health_pb2
 from molm3d.v1 import common_pb2, encoder_pb2, gateway_pb2, lm_pb2, retrieval_pb2
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from molm3d_core.decoding import TASK_DEFAULTS
 from molm3d_core.prompts import CAPTION_INSTRUCTION, parse_number
 
+from ..common.decoding import decoding_proto, resolve_decoding
 from ..common.errors import ServiceError
 from ..common.stage import Stage, invalid_request, rpc, rpc_stream
 from .http import handle_http
@@ -33,19 +35,14 @@ STAGES = {
     "retrieval": ("retrieval", "Retrieval"),
 }
 MAX_QUESTION_CHARS = 2_000
+log = logging.getLogger("ray.serve")
 MAX_K = 1_000
 
 
 def task_decoding(decoding: common_pb2.DecodingOptions, task: str) -> common_pb2.DecodingOptions:
-    """`decoding` with `task`'s defaults (molm3d_core.decoding.TASK_DEFAULTS) in the fields it leaves
-    unset, so that a served caption decodes as `molm3d caption` does; the LM stage fills the rest."""
-    out = common_pb2.DecodingOptions()
-    out.CopyFrom(decoding)
-    for name, value in TASK_DEFAULTS.get(task, {}).items():
-        unset = not out.HasField(name) if out.DESCRIPTOR.fields_by_name[name].has_presence else not getattr(out, name)
-        if unset:
-            setattr(out, name, value)
-    return out
+    """The request's decoding, checked, with the task's defaults in the fields it leaves unset, so that
+    a served caption or answer decodes as `molm3d caption` / `molm3d ask` do."""
+    return decoding_proto(resolve_decoding(decoding, task))
 
 
 def _request_id() -> str:
@@ -84,9 +81,18 @@ class GatewayStage(Stage):
                 raise invalid_request(f"molm3d-timeout-ms must be a number of milliseconds, got {raw!r}") from None
         return self.request_timeout_s
 
+    async def _call(self, stage: str, method: str, request: Any) -> Any:
+        """One stage call, tried again once when the replica that took it died: every stage call is
+        idempotent, and Serve routes the second try to a live replica."""
+        try:
+            return await getattr(self.handles[stage], method).remote(request)
+        except RayActorError:
+            log.warning("a %s replica died during %s; trying once more", stage, method)
+            return await getattr(self.handles[stage], method).remote(request)
+
     async def _encode(self, molecule: common_pb2.MoleculeInput) -> tuple[common_pb2.Conformer, Any]:
-        conformer = await self.handles["conformer"].Generate.remote(molecule)
-        encoding = await self.handles["encoder"].Encode.remote(encoder_pb2.EncodeRequest(conformer=conformer))
+        conformer = await self._call("conformer", "Generate", molecule)
+        encoding = await self._call("encoder", "Encode", encoder_pb2.EncodeRequest(conformer=conformer))
         return conformer, encoding
 
     def _generate_request(
@@ -132,7 +138,7 @@ class GatewayStage(Stage):
     async def _complete(self, molecule: Any, instruction: str, decoding: Any, ask: bool) -> gateway_pb2.Answer:
         conformer, encoding = await self._encode(molecule)
         request = self._generate_request(instruction, conformer, encoding, decoding)
-        result = await self.handles["lm"].Generate.remote(request)
+        result = await self._call("lm", "Generate", request)
         return self._answer(conformer, encoding, result.text, result.num_tokens, result.finish_reason, ask)
 
     async def _stream(
@@ -171,7 +177,8 @@ class GatewayStage(Stage):
 
     @rpc
     async def Ask(self, request: gateway_pb2.AskRequest, grpc_context: Any = None) -> gateway_pb2.Answer:
-        work = self._complete(request.molecule, self._question(request), request.decoding, ask=True)
+        work = self._complete(request.molecule, self._question(request), task_decoding(request.decoding, "ask"),
+                              ask=True)  # fmt: skip
         return await asyncio.wait_for(work, self._timeout(grpc_context))
 
     @rpc_stream
@@ -184,7 +191,8 @@ class GatewayStage(Stage):
     @rpc_stream
     async def AskStream(self, request: gateway_pb2.AskRequest, grpc_context: Any = None):
         timeout_s = self._timeout(grpc_context)
-        async for chunk in self._stream(request.molecule, self._question(request), request.decoding, True, timeout_s):
+        question, decoding = self._question(request), task_decoding(request.decoding, "ask")
+        async for chunk in self._stream(request.molecule, question, decoding, True, timeout_s):
             yield chunk
 
     @rpc
@@ -216,11 +224,11 @@ class GatewayStage(Stage):
             _, encoding = await self._encode(request.molecule)
             search = retrieval_pb2.SearchRequest(molecule_embedding=encoding.retrieval_embedding, k=k)
         elif which == "text":
-            encoded = await self.handles["encoder"].EncodeText.remote(encoder_pb2.EncodeTextRequest(text=request.text))
+            encoded = await self._call("encoder", "EncodeText", encoder_pb2.EncodeTextRequest(text=request.text))
             search = retrieval_pb2.SearchRequest(text_embedding=encoded.retrieval_embedding, k=k)
         else:
             raise invalid_request("give a molecule or a text to retrieve with")
-        found = await self.handles["retrieval"].Search.remote(search)
+        found = await self._call("retrieval", "Search", search)
         return gateway_pb2.RetrieveResponse(
             hits=list(found.hits), index_version=found.index_version, request_id=_request_id()
         )

@@ -69,6 +69,25 @@ def _json(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
+def parse_body(raw: bytes, message_type: Any) -> Any:
+    """A request message from a JSON object body (empty: all defaults); ValueError says what is wrong."""
+    try:
+        body = json.loads(raw or b"{}")
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(str(err)) from None
+    if not isinstance(body, dict):
+        kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+        raise ValueError(f"expected a JSON object, got {kind.get(type(body), 'null')}")
+    try:
+        return json_format.ParseDict(body, message_type())
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except (json_format.ParseError, TypeError, ValueError) as err:
+        raise ValueError(str(err)) from None
+
+
 async def handle_http(gateway: Any, request: Request) -> Response:
     path = request.url.path.rstrip("/")
     if request.method == "GET" and path == "/v1/health/live":
@@ -88,8 +107,8 @@ async def handle_http(gateway: Any, request: Request) -> Response:
     method, message_type = _ROUTES[path]
     context = HttpCallContext(request.headers)
     try:
-        message = json_format.ParseDict(json.loads(await request.body() or b"{}"), message_type())
-    except (json.JSONDecodeError, json_format.ParseError, UnicodeDecodeError) as err:
+        message = parse_body(await request.body(), message_type)
+    except ValueError as err:
         bad = ServiceError.make(grpc.StatusCode.INVALID_ARGUMENT, "invalid_request", f"bad JSON body: {err}", "gateway")
         return error_response(bad)
     call = getattr(gateway, method)

@@ -23,6 +23,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from molm3d_core.models import DecodingOptions, Generation
 
+from ..common.decoding import resolve_decoding
 from ..common.model import ModelStage, release_freed_memory
 from ..common.stage import invalid_request, rpc, rpc_stream
 from ..common.tensors import from_proto
@@ -72,7 +73,6 @@ class LMStage(ModelStage):
     def reconfigure(self, config: dict[str, Any]) -> None:
         self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
         self._configure_model(config)
-        self.default_max_new_tokens = int(config.get("default_max_new_tokens", 128))
         self.max_new_tokens_limit = int(config.get("max_new_tokens_limit", 512))
         self.max_beams = int(config.get("max_beams", 5))
         self.max_instruction_chars = int(config.get("max_instruction_chars", 2_000))
@@ -91,27 +91,15 @@ class LMStage(ModelStage):
             raise invalid_request(
                 f"instruction has {len(instruction)} characters; the limit is {self.max_instruction_chars}"
             )
-        d = request.decoding
-        max_new = d.max_new_tokens or self.default_max_new_tokens
-        beams = d.num_beams or 1
-        if not 1 <= max_new <= self.max_new_tokens_limit:
-            raise invalid_request(f"max_new_tokens must be in 1..{self.max_new_tokens_limit}, got {max_new}")
-        if not 1 <= beams <= self.max_beams:
-            raise invalid_request(f"num_beams must be in 1..{self.max_beams}, got {beams}")
-        default = DecodingOptions()
-        ngram = d.no_repeat_ngram_size if d.HasField("no_repeat_ngram_size") else default.no_repeat_ngram_size
-        if not 0 <= ngram <= 16:
-            raise invalid_request(f"no_repeat_ngram_size must be in 0..16 (0: off), got {ngram}")
-        try:
-            decoding = DecodingOptions(
-                num_beams=beams,
-                max_new_tokens=max_new,
-                repetition_penalty=d.repetition_penalty or default.repetition_penalty,
-                length_penalty=d.length_penalty or default.length_penalty,
-                no_repeat_ngram_size=ngram,
+        # The gateway sends every field set (a Caption's or an Ask's defaults); a direct caller's unset
+        # fields take the generic defaults.
+        decoding = resolve_decoding(request.decoding, "")
+        if decoding.max_new_tokens > self.max_new_tokens_limit:
+            raise invalid_request(
+                f"decoding.max_new_tokens must be in 1..{self.max_new_tokens_limit}, got {decoding.max_new_tokens}"
             )
-        except ValueError as err:
-            raise invalid_request(str(err)) from None
+        if decoding.num_beams > self.max_beams:
+            raise invalid_request(f"decoding.num_beams must be in 1..{self.max_beams}, got {decoding.num_beams}")
         m = self.model
         mol = None
         if m.config.molecule_tokens:

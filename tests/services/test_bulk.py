@@ -194,9 +194,11 @@ def test_bad_items_go_to_the_dlq_and_the_rest_is_answered(bulk_stack, broker, tm
     smiles = [good[0], "C1CC(", good[1], "C" * 80, good[2], "[Xe]", *good[3:]]
     job = submit(broker, tmp_path, smiles, "embed")
     poison = [b"\x00\xff\x13 not protobuf", b'{"jobId": 5, "index": "x"']
+    garbage_only = f"garbage-{time.time_ns()}"  # a "job" none of whose records decodes
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
     for payload in poison:
         producer.send("molm3d.jobs", key=job.encode(), value=payload)
+        producer.send("molm3d.jobs", key=garbage_only.encode(), value=payload)
     producer.flush()
     producer.close()
     wait_done(broker, job)
@@ -213,6 +215,15 @@ def test_bad_items_go_to_the_dlq_and_the_rest_is_answered(bulk_stack, broker, tm
     assert raw == sorted(poison)  # undecodable records kept whole for inspection
     status = bulk(broker, "status", job)
     assert "6 done, 3 failed, 0 pending of 9; 2 undecodable records" in status.stdout
+    deadline = time.monotonic() + 120  # its records may sit in another partition, behind other work
+    while "2 undecodable" not in (status := bulk(broker, "status", garbage_only)).stdout:
+        assert time.monotonic() < deadline, status.stdout + status.stderr
+        time.sleep(2)
+    # listed, not "no record of this job"
+    assert status.returncode == 0 and "size unknown (no decodable item); 2 undecodable records" in status.stdout
+    fetched = bulk(broker, "fetch", garbage_only, "-o", str(tmp_path / "garbage.jsonl"))
+    assert fetched.returncode == 1 and "0 results" in fetched.stderr and "2 failures" in fetched.stderr
+    assert bulk(broker, "status", f"no-such-job-{time.time_ns()}").returncode == 1
 
 
 def test_hand_made_json_job_is_processed(bulk_stack, broker, tmp_path):

@@ -10,7 +10,7 @@ from molm3d.v1 import bulk_pb2, common_pb2
 
 from molm3d_services.bulk import messages
 from molm3d_services.bulk.config import KafkaSettings
-from molm3d_services.bulk.jobs import JobState
+from molm3d_services.bulk.jobs import JobState, failure_rows
 
 
 def _item(**fields) -> bulk_pb2.BulkItem:
@@ -133,6 +133,15 @@ def test_job_state_keeps_one_outcome_per_item():
     state.add_result(result(1))  # a retried item that succeeded later counts as done, not failed
     state.add_result(result(2))
     assert (state.done, state.failed, state.pending, state.complete) == (3, 0, 0, True)
+
+
+def test_a_job_of_undecodable_records_only_is_known_and_listed():
+    state = JobState("garbage")
+    assert not state.known
+    state.add_failure(bulk_pb2.DeadLetter(job_id="garbage", index=-1, payload=b"\x00junk"))
+    assert state.known and state.total is None and not state.complete
+    assert state.summary() == "garbage: 0 done, 0 failed, size unknown (no decodable item); 1 undecodable records"
+    assert [r["payload_hex"] for r in failure_rows(state)] == [b"\x00junk".hex()]
 
 
 def test_job_without_job_info_takes_its_total_from_the_items():

@@ -13,6 +13,7 @@ from molm3d_core.checkpoints import save_checkpoint
 from molm3d_core.chem import collate
 from molm3d_core.cli.main import main
 from molm3d_core.data.features import molecule_features
+from molm3d_core.decoding import default_decoding
 from molm3d_core.evaluation.report import (
     SECTION_CONFORMER,
     SECTION_DFT,
@@ -285,6 +286,7 @@ def test_cli_decoding_grid_compares_decodings_on_captions(checkpoint, test_set, 
     assert grid["greedy"] == {"num_beams": 1, "max_new_tokens": 3, "repetition_penalty": 1.0, "length_penalty": 1.0,
                               "no_repeat_ngram_size": 0}  # fmt: skip
     assert grid["greedy, no_repeat_ngram 3"]["no_repeat_ngram_size"] == 3
+    assert vars(default_decoding("caption", max_new_tokens=3)) in grid.values()  # the shipped default is compared
     assert grid["beam 5, both penalties"] == {"num_beams": 5, "max_new_tokens": 3, "repetition_penalty": 1.2,
                                               "length_penalty": 1.0, "no_repeat_ngram_size": 3}  # fmt: skip
     markdown = (tmp_path / "g.md").read_text()

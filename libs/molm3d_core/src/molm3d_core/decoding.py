@@ -6,6 +6,7 @@ the model code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,10 @@ class DecodingOptions:
     def __post_init__(self) -> None:
         if self.num_beams < 1 or self.max_new_tokens < 1:
             raise ValueError("num_beams and max_new_tokens must be >= 1")
-        if not self.repetition_penalty > 0:  # also refuses NaN
-            raise ValueError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
+        if not 0 < self.repetition_penalty < math.inf:  # also refuses NaN
+            raise ValueError(f"repetition_penalty must be finite and > 0 (1.0 = off), got {self.repetition_penalty}")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty}")
         if isinstance(self.no_repeat_ngram_size, bool) or not isinstance(self.no_repeat_ngram_size, int):
             raise ValueError(f"no_repeat_ngram_size must be an integer, got {self.no_repeat_ngram_size!r}")
         if self.no_repeat_ngram_size < 0:
@@ -35,7 +38,8 @@ class DecodingOptions:
 # penalty of 1.2 on top of the 4-gram block stops the locant counting ("2,3,4,...,40,") that the block
 # alone lets through (model card: captions with and without it). Answers keep 1.0: the penalty would
 # push a number away from repeating its own digits.
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {"caption": {"repetition_penalty": 1.2}}
+# Captions are longer than answers, so they may run to 128 new tokens where an answer stops at 64.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {"caption": {"max_new_tokens": 128, "repetition_penalty": 1.2}}
 
 
 def default_decoding(task: str, **overrides: Any) -> DecodingOptions:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..decoding import TASK_DEFAULTS, DecodingOptions
+    from ..decoding import DecodingOptions, default_decoding
 
-    default = DecodingOptions()  # the CLI's and the services' defaults too
-    caption_penalty = TASK_DEFAULTS["caption"]["repetition_penalty"]
+    default, caption = DecodingOptions(), default_decoding("caption")  # the CLI's and the services' defaults too
     p = sub.add_parser("eval", help="evaluate a checkpoint (property MAE, text metrics, retrieval) with baselines")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the default checkpoint)")
     p.add_argument("--data", required=True, help="dataset folder from `molm3d data build`")
@@ -36,11 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--beams", type=int, default=1, help="beam width (the paper used 5)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int,
+                   help=f"default: {caption.max_new_tokens} for captions, {default.max_new_tokens} for the other "
+                        "tasks, as `molm3d caption` and `molm3d ask`")  # fmt: skip
     p.add_argument(
         "--repetition-penalty",
         type=float,
-        help=f"> 1 discourages repeated tokens, 1 = off (default: {caption_penalty:g} for captions, "
+        help=f"> 1 discourages repeated tokens, 1 = off (default: {caption.repetition_penalty:g} for captions, "
         f"{default.repetition_penalty:g} for the other tasks, as `molm3d caption` and `molm3d ask`)",
     )
     p.add_argument(
@@ -102,10 +103,11 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.bootstrap import Bootstrap
     from ..evaluation.runner import EvalOptions, evaluate
 
-    decoding = {"num_beams": args.beams, "max_new_tokens": args.max_new_tokens, "length_penalty": args.length_penalty,
+    decoding = {"num_beams": args.beams, "length_penalty": args.length_penalty,
                 "no_repeat_ngram_size": args.no_repeat_ngram}  # fmt: skip
-    if args.repetition_penalty is not None:  # unset: each task's default
-        decoding["repetition_penalty"] = args.repetition_penalty
+    for name in ("max_new_tokens", "repetition_penalty"):  # unset: each task's default
+        if getattr(args, name) is not None:
+            decoding[name] = getattr(args, name)
     tty = sys.stderr.isatty()
     opts = EvalOptions(split=args.split, tasks=tuple(args.tasks), limit=args.limit, text_limit=args.text_limit,
                        batch_size=args.batch_size, rerank=not args.no_rerank, decoding=decoding,

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from ..models import MoLM3D
 
 # Reference decoding (beam 5) is ~5x slower on CPU; greedy is the default and --beams restores it.
-_MAX_NEW_TOKENS = {"caption": 128, "ask": 64}
 
 
 def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
@@ -64,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--max-heavy-atoms", type=_positive, default=256, help="reject larger molecules")
     if task in ("caption", "ask"):
         parser.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy; the paper used 5)")
-        parser.add_argument("--max-new-tokens", type=_positive, default=_MAX_NEW_TOKENS[task])
         default = _default_decoding(task)
+        parser.add_argument("--max-new-tokens", type=_positive, default=default.max_new_tokens,
+                            help=f"(default {default.max_new_tokens})")  # fmt: skip
         parser.add_argument("--repetition-penalty", type=float, default=default.repetition_penalty,
                             help=f"> 0, 1 = off (default {default.repetition_penalty:g})")  # fmt: skip
         parser.add_argument("--no-repeat-ngram", type=int, default=default.no_repeat_ngram_size, metavar="N",

@@ -64,6 +64,7 @@ DECODING_GRID: tuple[tuple[str, dict[str, Any]], ...] = (
     ("greedy, repetition_penalty 1.2", {"repetition_penalty": 1.2}),
     ("greedy, no_repeat_ngram 3", {"no_repeat_ngram_size": 3}),
     ("greedy, no_repeat_ngram 4", {"no_repeat_ngram_size": 4}),
+    ("greedy, no_repeat_ngram 4, repetition_penalty 1.2", {"no_repeat_ngram_size": 4, "repetition_penalty": 1.2}),
     ("beam 3", {"num_beams": 3}),
     ("beam 3, both penalties", {"num_beams": 3, **PENALTIES}),
     ("beam 5", {"num_beams": 5}),
@@ -105,7 +106,7 @@ class EvalOptions:
     rerank: bool = True
     # Overrides of each task's default decoding (`default_decoding`: captions get a repetition penalty,
     # answers do not), as the CLI and the services decode.
-    decoding: dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 64})
+    decoding: dict[str, Any] = field(default_factory=dict)
     progress: bool = True  # a tqdm bar (for a terminal)
     progress_every: int = 0  # without the bar: a plain stderr line every N batches and at the end (0 = none)
     bootstrap: Bootstrap | None = field(default_factory=Bootstrap)  # None: no intervals

@@ -1,0 +1,45 @@
+"""A request's decoding options: proto -> molm3d_core DecodingOptions with each task's defaults, and
+INVALID_ARGUMENT naming the field and its range for anything else, before any model work."""
+
+from __future__ import annotations
+
+import math
+
+from molm3d.v1 import common_pb2
+
+from molm3d_core.decoding import DecodingOptions, default_decoding
+
+from .stage import invalid_request
+
+MAX_NO_REPEAT_NGRAM = 16
+
+
+def resolve_decoding(d: common_pb2.DecodingOptions, task: str) -> DecodingOptions:
+    """Fields left at 0 / unset take `task`'s default (`default_decoding`: a Caption's, an Ask's)."""
+    given: dict[str, float | int] = {}
+    for name in ("max_new_tokens", "num_beams"):
+        if getattr(d, name) < 0:
+            raise invalid_request(f"decoding.{name} must be >= 1 (0: the default), got {getattr(d, name)}")
+    for name in ("repetition_penalty", "length_penalty"):
+        if not math.isfinite(getattr(d, name)):
+            raise invalid_request(f"decoding.{name} must be a finite number, got {getattr(d, name)}")
+    if d.repetition_penalty < 0:
+        raise invalid_request(f"decoding.repetition_penalty must be > 0 (0: the default), got {d.repetition_penalty}")
+    if d.HasField("no_repeat_ngram_size") and not 0 <= d.no_repeat_ngram_size <= MAX_NO_REPEAT_NGRAM:
+        raise invalid_request(
+            f"decoding.no_repeat_ngram_size must be in 0..{MAX_NO_REPEAT_NGRAM} (0: off), got {d.no_repeat_ngram_size}"
+        )
+    for name in ("max_new_tokens", "num_beams", "repetition_penalty", "length_penalty"):
+        if getattr(d, name):
+            given[name] = getattr(d, name)
+    if d.HasField("no_repeat_ngram_size"):
+        given["no_repeat_ngram_size"] = d.no_repeat_ngram_size
+    try:
+        return default_decoding(task, **given)
+    except ValueError as err:
+        raise invalid_request(f"decoding: {err}") from None
+
+
+def decoding_proto(options: DecodingOptions) -> common_pb2.DecodingOptions:
+    """Every field set: the next stage needs no defaults of its own."""
+    return common_pb2.DecodingOptions(**vars(options))
