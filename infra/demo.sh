@@ -20,7 +20,7 @@ until "$BIN/python" -c "import urllib.request; urllib.request.urlopen('http://12
     sleep 2
 done
 echo "== captions over gRPC (examples/molecules.smi) =="
-"$BIN/molm3d" caption examples/molecules.smi --remote 127.0.0.1:9000 --max-new-tokens 48
+"$BIN/molm3d" caption examples/molecules.smi --remote 127.0.0.1:9000
 echo "== answers over gRPC (examples/molecules.sdf, 3D coordinates from the file) =="
 "$BIN/molm3d" ask examples/molecules.sdf --remote 127.0.0.1:9000 \
     --question "What is the HOMO energy of this molecule?" --max-new-tokens 32
