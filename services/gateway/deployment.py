@@ -35,8 +35,8 @@ STAGES = {
     "retrieval": ("retrieval", "Retrieval"),
 }
 MAX_QUESTION_CHARS = 2_000
-log = logging.getLogger("ray.serve")
 MAX_K = 1_000
+log = logging.getLogger("ray.serve")
 
 
 def task_decoding(decoding: common_pb2.DecodingOptions, task: str) -> common_pb2.DecodingOptions:

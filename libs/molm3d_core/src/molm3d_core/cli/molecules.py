@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from ..checkpoints import CheckpointInfo
     from ..models import MoLM3D
 
-# Reference decoding (beam 5) is ~5x slower on CPU; greedy is the default and --beams restores it.
-
 
 def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument(
