@@ -42,7 +42,8 @@ class Batcher(Generic[T, R]):
         return self._queue.qsize() if self._queue is not None else 0
 
     async def submit(self, item: T) -> R:
-        """The result for `item`, computed in some batch; the batch's exception if its run fails."""
+        """The result for `item`, computed in some batch; if that batch fails, `item` is run alone and gets
+        its own result or exception."""
         loop = asyncio.get_running_loop()
         if self._queue is None:  # created on the loop that serves the requests
             self._queue = asyncio.Queue()
@@ -76,14 +77,35 @@ class Batcher(Generic[T, R]):
             if not batch:
                 continue
             try:
-                results = await self.run([item for item, _ in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"a batch of {len(batch)} requests gave {len(results)} results")
-            except Exception as exc:  # the callers get the error; the worker lives on for the next batch
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                results = await self._run(batch)
+            except Exception as exc:
+                if len(batch) == 1:
+                    self._settle(batch[0][1], exc)
+                    continue
+                # One request's fault must not fail the others: run each alone, so that only the
+                # one(s) that fail on their own get the error. The worker lives on either way.
+                for item, future in batch:
+                    try:
+                        (result,) = await self._run([(item, future)])
+                    except Exception as own:
+                        self._settle(future, own)
+                    else:
+                        self._settle(future, result)
                 continue
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+                self._settle(future, result)
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> list[R]:
+        results = await self.run([item for item, _ in batch])
+        if len(results) != len(batch):
+            raise RuntimeError(f"a batch of {len(batch)} requests gave {len(results)} results")
+        return results
+
+    @staticmethod
+    def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
+        if future.done():  # the caller gave up
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

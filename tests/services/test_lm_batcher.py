@@ -69,7 +69,7 @@ def test_full_batches_close_at_once_and_requests_queued_meanwhile_form_the_next(
     assert run.batches[:2] == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
-def test_a_failed_batch_fails_its_callers_only():
+def test_a_failed_batch_fails_only_the_request_that_fails_alone():
     run = Recorder(fail_on=3)
     batcher = Batcher(run, max_batch_size=4, max_wait_s=30, idle_s=0.1)
 
@@ -79,8 +79,10 @@ def test_a_failed_batch_fails_its_callers_only():
         return first, second
 
     first, second = asyncio.run(two_batches())
-    assert all(isinstance(r, RuntimeError) and "holding 3" in str(r) for r in first)
-    assert second == [40, 50, 60, 70]
+    assert first[:3] == [0, 10, 20]  # answered, each on its own after the batch failed
+    assert isinstance(first[3], RuntimeError) and "holding 3" in str(first[3])
+    assert run.batches[:5] == [[0, 1, 2, 3], [0], [1], [2], [3]]
+    assert second == [40, 50, 60, 70] and run.batches[5:] == [[4, 5, 6, 7]]
 
 
 def test_callers_that_gave_up_are_left_out_of_the_batch():
@@ -106,20 +108,24 @@ def test_bad_settings_are_refused():
         Batcher(Recorder(), max_batch_size=0)
 
 
-def test_a_model_call_that_loses_results_fails_its_batch_and_the_next_batch_still_runs():
+def test_a_model_call_that_loses_results_is_rerun_per_request_and_the_next_batch_still_runs():
     calls = []
 
     async def lossy(items: list[int]) -> list[int]:
         calls.append(items)
+        if 9 in items:  # loses results whenever 9 is in the call, even alone
+            return []
         return [i * 10 for i in items][: 1 if len(calls) == 1 else None]
 
     batcher = Batcher(lossy, max_batch_size=2, max_wait_s=30, idle_s=0.1)
 
-    async def two_batches() -> tuple[list, list]:
+    async def batches() -> tuple[list, list, list]:
         first = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
-        second = await asyncio.gather(batcher.submit(3), batcher.submit(4), return_exceptions=True)
-        return first, second
+        second = await asyncio.gather(batcher.submit(3), batcher.submit(9), return_exceptions=True)
+        third = await asyncio.gather(batcher.submit(4), batcher.submit(5), return_exceptions=True)
+        return first, second, third
 
-    first, second = asyncio.run(two_batches())
-    assert all(isinstance(r, RuntimeError) and "gave 1 results" in str(r) for r in first)
-    assert second == [30, 40]
+    first, second, third = asyncio.run(batches())
+    assert first == [10, 20] and calls[:3] == [[1, 2], [1], [2]]
+    assert second[0] == 30 and isinstance(second[1], RuntimeError) and "gave 0 results" in str(second[1])
+    assert third == [40, 50]
