@@ -425,6 +425,16 @@ def test_rpcs_a_stage_does_not_serve_are_unimplemented_without_internals(channel
         assert "does not serve" in details and not internals.search(details), details
 
 
+def test_server_reflection_is_off(channel):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stub.ServerReflectionInfo(iter([request]), timeout=30))  # no token: it must not list our services
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED, caught.value.details()
+
+
 def test_killing_a_replica_mid_traffic_does_not_hang_clients(served, client):
     import ray
 
