@@ -3,8 +3,6 @@ INVALID_ARGUMENT naming the field and its range for anything else, before any mo
 
 from __future__ import annotations
 
-import math
-
 from molm3d.v1 import common_pb2
 
 from molm3d_core.decoding import DecodingOptions, default_decoding
@@ -15,29 +13,24 @@ MAX_NO_REPEAT_NGRAM = 16
 
 
 def resolve_decoding(d: common_pb2.DecodingOptions, task: str) -> DecodingOptions:
-    """Fields left at 0 / unset take `task`'s default (`default_decoding`: a Caption's, an Ask's)."""
-    given: dict[str, float | int] = {}
-    for name in ("max_new_tokens", "num_beams"):
-        if getattr(d, name) < 0:
-            raise invalid_request(f"decoding.{name} must be >= 1 (0: the default), got {getattr(d, name)}")
-    for name in ("repetition_penalty", "length_penalty"):
-        if not math.isfinite(getattr(d, name)):
-            raise invalid_request(f"decoding.{name} must be a finite number, got {getattr(d, name)}")
-    if d.repetition_penalty < 0:
-        raise invalid_request(f"decoding.repetition_penalty must be > 0 (0: the default), got {d.repetition_penalty}")
-    if d.HasField("no_repeat_ngram_size") and not 0 <= d.no_repeat_ngram_size <= MAX_NO_REPEAT_NGRAM:
-        raise invalid_request(
-            f"decoding.no_repeat_ngram_size must be in 0..{MAX_NO_REPEAT_NGRAM} (0: off), got {d.no_repeat_ngram_size}"
-        )
-    for name in ("max_new_tokens", "num_beams", "repetition_penalty", "length_penalty"):
-        if getattr(d, name):
-            given[name] = getattr(d, name)
+    """Fields left at 0 / unset take `task`'s default (`default_decoding`: a Caption's, an Ask's); the
+    values given are checked by DecodingOptions itself, plus this service's n-gram bound."""
+    given: dict[str, float | int] = {
+        name: getattr(d, name)
+        for name in ("max_new_tokens", "num_beams", "repetition_penalty", "length_penalty")
+        if getattr(d, name)  # 0: unset (NaN and negatives are given, and refused below)
+    }
     if d.HasField("no_repeat_ngram_size"):
+        if not 0 <= d.no_repeat_ngram_size <= MAX_NO_REPEAT_NGRAM:
+            raise invalid_request(
+                f"decoding.no_repeat_ngram_size must be in 0..{MAX_NO_REPEAT_NGRAM} (0: off), "
+                f"got {d.no_repeat_ngram_size}"
+            )
         given["no_repeat_ngram_size"] = d.no_repeat_ngram_size
     try:
         return default_decoding(task, **given)
-    except ValueError as err:
-        raise invalid_request(f"decoding: {err}") from None
+    except ValueError as err:  # its message starts with the field's name
+        raise invalid_request(f"decoding.{err}") from None
 
 
 def decoding_proto(options: DecodingOptions) -> common_pb2.DecodingOptions:

@@ -22,8 +22,10 @@ class DecodingOptions:
     no_repeat_ngram_size: int = 4  # measured best on captions (model card: decoding comparison)
 
     def __post_init__(self) -> None:
-        if self.num_beams < 1 or self.max_new_tokens < 1:
-            raise ValueError("num_beams and max_new_tokens must be >= 1")
+        # Each message starts with the field's name: the services prefix it with "decoding.".
+        for name in ("num_beams", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.repetition_penalty < math.inf:  # also refuses NaN
             raise ValueError(f"repetition_penalty must be finite and > 0 (1.0 = off), got {self.repetition_penalty}")
         if not math.isfinite(self.length_penalty):

@@ -61,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--max-heavy-atoms", type=_positive, default=256, help="reject larger molecules")
     if task in ("caption", "ask"):
         parser.add_argument("--beams", type=_positive, default=1, help="beam width (1 = greedy; the paper used 5)")
-        default = _default_decoding(task)
+        from ..decoding import default_decoding  # torch-free: the parser stays fast
+
+        default = default_decoding(task)
         parser.add_argument("--max-new-tokens", type=_positive, default=default.max_new_tokens,
                             help=f"(default {default.max_new_tokens})")  # fmt: skip
         parser.add_argument("--repetition-penalty", type=float, default=default.repetition_penalty,
@@ -70,12 +72,6 @@ def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
                             help="never repeat an n-gram of N generated tokens; 0 = off "
                                  f"(default {default.no_repeat_ngram_size})")  # fmt: skip
     parser.set_defaults(handler=run, task=task)
-
-
-def _default_decoding(task: str):
-    from ..decoding import default_decoding  # the one place the task defaults live (torch-free)
-
-    return default_decoding(task)
 
 
 def _positive(text: str) -> int:

@@ -342,10 +342,13 @@ def score_decoding_grid(report: EvaluationReport, model: MoLM3D, dataset: Datase
     label = "SMILES conformer" if geometry else "SMILES-only model"
     tokenize: Callable[[str], list[str]] = model.lm.tokenizer.tokenize
     by_task = {t: ex for t, ex in _examples(dataset, opts, geometry).items() if t not in PROPERTY_TASKS}
+    # One grid for every text task, its length limit the caption's: the rows the metadata lists.
+    grid = grid_decodings(opts.decoding_for("caption"))
+    report.metadata["decoding_grid"] = {name: vars(d) for name, d in grid}
     for task, examples in sorted(by_task.items()):
         section = f"decoding comparison: {task} ({label})"
         references = [r["answer"] for _, r in examples]
-        for name, decoding in grid_decodings(opts.decoding_for(task)):
+        for name, decoding in grid:
             start = time.perf_counter()
             gens = generate_answers(model, examples, geometry, opts, f"{section}: {name}", decoding=decoding)
             seconds = time.perf_counter() - start
@@ -377,7 +380,6 @@ def evaluate(
     report = EvaluationReport(title=f"Evaluation of {model_id or 'model'} on {opts.split}", metadata=metadata)
     if opts.decoding_grid:
         report.title = f"Decoding comparison of {model_id or 'model'} on {opts.split}"
-        report.metadata["decoding_grid"] = {name: vars(d) for name, d in grid_decodings(opts.decoding_for(""))}
         score_decoding_grid(report, model, dataset, opts)
         return report
     if opts.token_ablation:

@@ -27,6 +27,7 @@ __all__ = ["DecodingOptions", "Generation", "LMConfig", "MolLM"]
 # transformers warns that the penalties see generated tokens only: by design, the prompt goes in as
 # embeddings (and its SMILES should not penalise the answer).
 warnings.filterwarnings("ignore", message=r"Passing `\w+` with `inputs_embeds`", category=UserWarning)
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
