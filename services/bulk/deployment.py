@@ -12,16 +12,43 @@ no partitions within 40 s, or only half of them). `group` uses Kafka's group pro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
+from ..common.settings import Settings, setting
 from .config import KafkaSettings
 from .worker import BatchOutcome, BulkWorker, HandlePipeline, WorkerOptions
 
 log = logging.getLogger("molm3d.bulk")
+
+
+@dataclass(frozen=True)
+class BulkSettings(Settings):
+    """user_config of the BulkWorker deployment: `kafka` (KafkaSettings fields, over the MOLM3D_KAFKA_*
+    environment), how partitions are assigned, and the consumer loop's WorkerOptions."""
+
+    kafka: dict[str, Any] = dataclasses.field(default_factory=dict)
+    assignment: Literal["replicas", "group"] = "replicas"
+    max_batch: int = setting(WorkerOptions.max_batch, ge=1)
+    max_in_flight_batches: int = setting(WorkerOptions.max_in_flight_batches, ge=1)
+    attempts: int = setting(WorkerOptions.attempts, ge=1)
+    poll_timeout_ms: int = setting(WorkerOptions.poll_timeout_ms, ge=1)
+    max_poll_interval_ms: int = setting(WorkerOptions.max_poll_interval_ms, ge=1)
+    drain_timeout_s: float = setting(WorkerOptions.drain_timeout_s, ge=0)
+
+    def __post_init__(self) -> None:
+        self.kafka_settings()  # unknown Kafka keys fail here, at configuration
+
+    def kafka_settings(self) -> KafkaSettings:
+        return KafkaSettings.from_env(**self.kafka)
+
+    def worker_options(self) -> WorkerOptions:
+        return WorkerOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(WorkerOptions)})
 
 
 @serve.deployment(name="BulkWorker")
@@ -42,11 +69,8 @@ class BulkWorkerDeployment:
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """(Re)start the consumer loop with the user_config: {kafka: {...KafkaSettings}, max_batch, ...}."""
-        settings = KafkaSettings.from_env(**config.get("kafka", {}))
-        options = WorkerOptions(**{k: v for k, v in config.items() if k in WorkerOptions.__dataclass_fields__})
-        assignment = config.get("assignment", "replicas")
-        if assignment not in ("replicas", "group"):
-            raise ValueError(f"assignment must be replicas or group, got {assignment!r}")
+        s = BulkSettings.from_user_config(config)
+        settings, options, assignment = s.kafka_settings(), s.worker_options(), s.assignment
         membership = _replica_rank if assignment == "replicas" else None
         await self._halt()
         self._stop = asyncio.Event()

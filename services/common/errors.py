@@ -27,8 +27,12 @@ class ServiceError(Exception):
         self.detail_bytes = detail
 
     @classmethod
-    def make(cls, status: grpc.StatusCode, code: str, message: str, stage: str, record_id: str = "") -> ServiceError:
-        detail = common_pb2.ErrorDetail(code=code, message=message, record_id=record_id or "", stage=stage)
+    def make(
+        cls, status: grpc.StatusCode, code: str, message: str, stage: str, record_id: str = "", retry_after_ms: int = 0
+    ) -> ServiceError:
+        detail = common_pb2.ErrorDetail(
+            code=code, message=message, record_id=record_id or "", stage=stage, retry_after_ms=retry_after_ms
+        )
         return cls(status.name, detail.SerializeToString())
 
     @classmethod

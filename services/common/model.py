@@ -4,21 +4,51 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import functools
 import os
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING, Any, Literal
 
+from .settings import StageSettings, setting
 from .stage import Stage
 
-if TYPE_CHECKING:  # `model_settings` serves torch-free stages too
+if TYPE_CHECKING:  # ModelSettings serves torch-free stages too
     from molm3d_core.checkpoints import CheckpointInfo
     from molm3d_core.models import MoLM3D
 
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
-def model_settings(config: dict[str, Any]) -> tuple[Any, ...]:
-    """What decides which model a stage holds: a change means reloading it."""
-    return (config.get("checkpoint") or None, config.get("device") or "auto", config.get("dtype") or "auto",
-            config.get("preset") or "small")  # fmt: skip
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings(StageSettings):
+    """The checkpoint a stage serves, where, and with how many CPU threads (user_config keys).
+
+    `checkpoint` "" = the library default ($MOLM3D_CHECKPOINT, then models/molm3d-small); `preset` is the
+    architecture of the untrained stand-in when there is no checkpoint at all. `device`: auto | cpu |
+    cuda | cuda:N. `dtype`: auto = bf16 on GPU, fp32 on CPU. `num_threads`: torch CPU threads, 0 =
+    every core but one (see ModelStage).
+    """
+
+    checkpoint: str = ""
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    preset: str = "small"
+    num_threads: int = setting(0, ge=0)
+
+    def __post_init__(self) -> None:
+        if not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    @property
+    def model_key(self) -> tuple[str | None, str, str, str]:
+        """What decides which model a stage holds, (checkpoint or None, device, dtype, preset): a change
+        means reloading it."""
+        return (self.checkpoint or None, self.device, self.dtype, self.preset)
+
+    @property
+    def torch_threads(self) -> int:
+        return self.num_threads or max(1, (os.cpu_count() or 1) - 1)
 
 
 @functools.cache
@@ -50,21 +80,21 @@ class ModelStage(Stage):
 
     with_lm = False  # which parts of the model the stage holds
     with_molecule = True
-    _settings: tuple[Any, ...] | None = None
+    _model_key: tuple[Any, ...] | None = None
     model: MoLM3D
     info: CheckpointInfo
 
-    def _configure_model(self, config: dict[str, Any]) -> bool:
+    def _configure_model(self, settings: ModelSettings) -> bool:
         """Apply the thread count; (re)load the model when needed. True when a model was loaded."""
         import torch
 
         from molm3d_core.checkpoints import load_model
 
-        torch.set_num_threads(int(config.get("num_threads") or 0) or max(1, (os.cpu_count() or 1) - 1))
-        settings = model_settings(config)
-        if settings == self._settings:
+        torch.set_num_threads(settings.torch_threads)
+        if settings.model_key == self._model_key:
             return False
-        self.model, self.info = load_model(settings[0], device=settings[1], dtype=settings[2], preset=settings[3],
+        checkpoint, device, dtype, preset = settings.model_key
+        self.model, self.info = load_model(checkpoint, device=device, dtype=dtype, preset=preset,
                                            with_lm=self.with_lm, with_molecule=self.with_molecule)  # fmt: skip
-        self._settings = settings
+        self._model_key = settings.model_key
         return True

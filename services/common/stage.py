@@ -21,6 +21,7 @@ from molm3d_core.errors import ErrorCode, MoleculeError
 
 from .auth import DEFAULT_TOKEN_ENV, check_grpc, configured_token
 from .errors import ServiceError, set_status
+from .grpc_decode import Undecodable
 from .metrics import StageMetrics
 
 log = logging.getLogger("molm3d.services")
@@ -95,6 +96,7 @@ class Stage:
             {
                 "error": {
                     "status": "NOT_FOUND",
+                    "code": "not_found",
                     "message": f"the {self.stage} stage answers gRPC only; use the gateway's HTTP API",
                 }
             },
@@ -112,6 +114,13 @@ def invalid_request(message: str, record_id: str = "") -> MoleculeError:
     return MoleculeError(ErrorCode.INVALID_REQUEST, message, record_id or None)
 
 
+def _admit(stage: Stage, request: Any, grpc_context: Any) -> None:
+    """The checks before any work: the token, then that the proxy could decode the request's bytes."""
+    check_grpc(grpc_context, stage.token, stage.stage)
+    if isinstance(request, Undecodable):
+        raise invalid_request(request.describe())
+
+
 def rpc(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Wrap a unary RPC method of a Stage (see the module docstring)."""
 
@@ -119,7 +128,7 @@ def rpc(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def wrapper(self: Stage, request: Any, grpc_context: Any = None) -> Any:
         with self.metrics.request(fn.__name__):
             try:
-                check_grpc(grpc_context, self.token, self.stage)
+                _admit(self, request, grpc_context)
                 return await fn(self, request, grpc_context)
             except Exception as exc:
                 raise self._fail(exc, grpc_context) from None
@@ -134,7 +143,7 @@ def rpc_stream(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIter
     async def wrapper(self: Stage, request: Any, grpc_context: Any = None) -> AsyncIterator[Any]:
         with self.metrics.request(fn.__name__):
             try:
-                check_grpc(grpc_context, self.token, self.stage)
+                _admit(self, request, grpc_context)
                 async for item in fn(self, request, grpc_context):
                     yield item
             except Exception as exc:

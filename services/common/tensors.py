@@ -27,7 +27,8 @@ def to_proto(t: torch.Tensor) -> common_pb2.Tensor:
 
 def _wire_array(msg: common_pb2.Tensor) -> np.ndarray:
     """The packed values in native byte order (bfloat16 as its int16 bits); ValueError for an unknown
-    dtype or data that does not fit the shape."""
+    dtype, data that does not fit the shape, or a NaN / infinite value (no stage makes one: it would
+    only turn into garbage text or NaN scores downstream)."""
     if msg.dtype not in _WIRE:
         raise ValueError(f"unsupported tensor dtype {msg.dtype!r}; expected one of {sorted(_WIRE)}")
     shape = tuple(msg.shape)
@@ -38,7 +39,12 @@ def _wire_array(msg: common_pb2.Tensor) -> np.ndarray:
             f"got {len(msg.data)}"
         )
     arr = np.frombuffer(msg.data, dtype=_WIRE[msg.dtype])
-    return arr.astype(arr.dtype.newbyteorder("="), copy=True).reshape(shape)
+    arr = arr.astype(arr.dtype.newbyteorder("="), copy=True).reshape(shape)
+    # bfloat16 bits: NaN and infinity have every exponent bit set
+    finite = (arr & 0x7F80) != 0x7F80 if msg.dtype == "bfloat16" else np.isfinite(arr)
+    if not finite.all():
+        raise ValueError("tensor contains NaN or infinite values")
+    return arr
 
 
 def from_proto(msg: common_pb2.Tensor) -> torch.Tensor:

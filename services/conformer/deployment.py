@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from molm3d.v1 import common_pb2
 from ray import serve
-from rdkit import Chem
 
 from molm3d_core.chem import ConformerOptions, InputLimits, MoleculeRecord, generate_conformer, parse_text
 from molm3d_core.errors import MoleculeError
 
+from ..common.settings import StageSettings, setting
 from ..common.stage import Stage, invalid_request, rpc
+
+
+@dataclass(frozen=True)
+class ConformerSettings(StageSettings):
+    """user_config of the Conformer deployment; the defaults are the library's (`molm3d caption`'s)."""
+
+    cache_size: int = setting(10_000, ge=0)  # generated conformers kept per replica (LRU); 0 = no cache
+    max_heavy_atoms: int = setting(InputLimits.max_heavy_atoms, ge=1)  # larger molecules: too_many_atoms
+    n_conformers: int = setting(ConformerOptions.n_conformers, ge=1)  # ETKDG embeddings; lowest energy kept
+    seed: int = ConformerOptions.seed
+    timeout_s: int = setting(ConformerOptions.timeout_s, ge=1)  # per ETKDG attempt
 
 
 def parse_one(molecule: common_pb2.MoleculeInput, limits: InputLimits) -> MoleculeRecord:
@@ -49,7 +61,6 @@ def conformer_message(record: MoleculeRecord, conformer: Any) -> common_pb2.Conf
         coordinates=coords.reshape(-1).tolist(),
         method=conformer.method,
         warnings=[*record.warnings, *conformer.warnings],
-        molblock=Chem.MolToMolBlock(conformer.mol, forceV3000=True),
     )
 
 
@@ -61,14 +72,11 @@ class ConformerStage(Stage):
         self.reconfigure({})
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
-        self.limits = InputLimits(max_heavy_atoms=int(config.get("max_heavy_atoms", 256)))
-        self.options = ConformerOptions(
-            n_conformers=int(config.get("n_conformers", 1)),
-            seed=int(config.get("seed", 42)),
-            timeout_s=int(config.get("timeout_s", 60)),
-        )
-        self.cache_size = int(config.get("cache_size", 10_000))
+        s = ConformerSettings.from_user_config(config)
+        self._init_stage(s.token_env)
+        self.limits = InputLimits(max_heavy_atoms=s.max_heavy_atoms)
+        self.options = ConformerOptions(n_conformers=s.n_conformers, seed=s.seed, timeout_s=s.timeout_s)
+        self.cache_size = s.cache_size
         self.cache: OrderedDict[tuple[str, str], common_pb2.Conformer] = OrderedDict()
 
     def _generate(self, record: MoleculeRecord) -> common_pb2.Conformer:

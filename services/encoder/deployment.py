@@ -6,22 +6,31 @@ Concurrent requests are batched (`@serve.batch`); the LM's weights are never loa
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from molm3d.v1 import encoder_pb2
 from ray import serve
 
 from molm3d_core.chem import MoleculeFeatures, collate, featurize_atoms
 from molm3d_core.errors import MoleculeError
 
-from ..common.model import ModelStage
+from ..common.model import ModelSettings, ModelStage
+from ..common.settings import setting
 from ..common.stage import invalid_request, rpc
 from ..common.tensors import to_proto
 
 MAX_TEXT_CHARS = 4_000
+
+
+@dataclass(frozen=True)
+class EncoderSettings(ModelSettings):
+    """user_config of the Encoder deployment: the model (ModelSettings) and its `@serve.batch` window."""
+
+    max_batch_size: int = setting(32, ge=1)  # keep max_ongoing_requests >= this, so batches can fill
+    batch_wait_timeout_s: float = setting(0.01, ge=0)
 
 
 @serve.deployment(name="Encoder")
@@ -32,10 +41,11 @@ class EncoderStage(ModelStage):
         self.reconfigure({})
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
-        self._configure_model(config)
-        self._encode_batch.set_max_batch_size(int(config.get("max_batch_size", 32)))
-        self._encode_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.01)))
+        s = EncoderSettings.from_user_config(config)
+        self._init_stage(s.token_env)
+        self._configure_model(s)
+        self._encode_batch.set_max_batch_size(s.max_batch_size)
+        self._encode_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
 
     @rpc
     async def Encode(
@@ -61,17 +71,16 @@ class EncoderStage(ModelStage):
             model_id=self.info.model_id,
         )
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(
+        max_batch_size=EncoderSettings.max_batch_size, batch_wait_timeout_s=EncoderSettings.batch_wait_timeout_s
+    )
     async def _encode_batch(self, items: list[MoleculeFeatures]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         self.metrics.batch(len(items))
         return await asyncio.to_thread(self._encode, items)
 
     @torch.no_grad()
     def _encode(self, items: list[MoleculeFeatures]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        m = self.model
-        queries = m.query_molecules(collate(items))
-        tokens = m.llm_proj(queries)  # = MoLM3D.molecule_tokens
-        embeddings = F.normalize(m.graph_proj(queries), dim=-1)  # = MoLM3D.embed_molecules
+        tokens, embeddings = self.model.encode_molecules(collate(items))  # (B, Q, H_lm), (B, Q, E)
         return list(zip(tokens.cpu(), embeddings.float().cpu(), strict=True))
 
     @rpc

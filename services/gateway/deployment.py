@@ -3,14 +3,20 @@ conformer -> encoder (Embed) and encoder -> retrieval (Retrieve) through deploym
 gRPC (Molm3DService and grpc.health.v1.Health) and HTTP JSON (see http.py).
 
 Per-request deadline: metadata `molm3d-timeout-ms` (HTTP header `x-molm3d-timeout-ms`), capped by and
-defaulting to `request_timeout_s`; past it the call fails with DEADLINE_EXCEEDED.
+defaulting to `request_timeout_s`; past it the call fails with DEADLINE_EXCEEDED. A Caption or Ask that
+could not be answered within its deadline is refused at once with RESOURCE_EXHAUSTED and a retry hint
+(admission.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -24,7 +30,10 @@ from molm3d_core.prompts import CAPTION_INSTRUCTION, parse_number
 
 from ..common.decoding import decoding_proto, resolve_decoding
 from ..common.errors import ServiceError
+from ..common.grpc_decode import Undecodable
+from ..common.settings import StageSettings, setting
 from ..common.stage import Stage, invalid_request, rpc, rpc_stream
+from .admission import Admission
 from .http import handle_http
 
 # stage -> (application, deployment) in serve.yaml
@@ -51,6 +60,16 @@ def _request_id() -> str:
     return _get_serve_request_context().request_id
 
 
+@dataclass(frozen=True)
+class GatewaySettings(StageSettings):
+    """user_config of the Gateway deployment."""
+
+    request_timeout_s: float = setting(120.0, gt=0)  # a call's deadline, unless the caller asks for less
+    admission_margin: float = setting(0.8, gt=0, le=1)  # admit when the predicted answer time <= this x deadline
+    admission_poll_s: float = setting(0.25, gt=0)  # how often the LM's load is read
+    applications: dict = dataclasses.field(default_factory=dict)  # stage -> Serve application, when renamed
+
+
 @serve.deployment(name="Gateway")
 class GatewayStage(Stage):
     stage = "gateway"
@@ -59,9 +78,13 @@ class GatewayStage(Stage):
         self.reconfigure({})
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
-        self.request_timeout_s = float(config.get("request_timeout_s", 120))
-        apps = {**{k: v[0] for k, v in STAGES.items()}, **config.get("applications", {})}
+        self.settings = s = GatewaySettings.from_user_config(config)
+        self._init_stage(s.token_env)
+        self.request_timeout_s = s.request_timeout_s
+        if not hasattr(self, "admission"):
+            self.admission = Admission()
+        self.admission.margin, self.admission.poll_s = s.admission_margin, s.admission_poll_s
+        apps = {**{k: v[0] for k, v in STAGES.items()}, **s.applications}
         # Unchecked handles: the applications start together, and the LM may not exist yet when the
         # gateway starts (a checked handle then fails the whole deploy); calls wait for its replicas.
         self.handles: dict[str, DeploymentHandle] = {
@@ -76,9 +99,12 @@ class GatewayStage(Stage):
         raw = dict(grpc_context.invocation_metadata()).get("molm3d-timeout-ms") if grpc_context is not None else None
         if raw:
             try:
-                return min(self.request_timeout_s, max(0.001, float(raw) / 1000))
+                ms = float(raw)
             except ValueError:
-                raise invalid_request(f"molm3d-timeout-ms must be a number of milliseconds, got {raw!r}") from None
+                ms = math.nan
+            if not 0 < ms < math.inf:
+                raise invalid_request(f"molm3d-timeout-ms must be a positive number of milliseconds, got {raw!r}")
+            return min(self.request_timeout_s, ms / 1000)
         return self.request_timeout_s
 
     async def _call(self, stage: str, method: str, request: Any) -> Any:
@@ -135,30 +161,65 @@ class GatewayStage(Stage):
             raise invalid_request(f"question has {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
         return question
 
-    async def _complete(self, molecule: Any, instruction: str, decoding: Any, ask: bool) -> gateway_pb2.Answer:
-        conformer, encoding = await self._encode(molecule)
-        request = self._generate_request(instruction, conformer, encoding, decoding)
-        result = await self._call("lm", "Generate", request)
-        return self._answer(conformer, encoding, result.text, result.num_tokens, result.finish_reason, ask)
+    def _admit(self, decoding: common_pb2.DecodingOptions, timeout_s: float) -> float | None:
+        """Refuse now what could not be answered in time (RESOURCE_EXHAUSTED); else count it in and
+        return the predicted seconds to its answer."""
+        self.admission.start(lambda: self.handles["lm"].load.remote())
+        predicted = self.admission.check(decoding.max_new_tokens, timeout_s, self.stage)
+        self.admission.before_lm += 1
+        return predicted
+
+    async def _encode_for_lm(self, molecule: Any) -> tuple[common_pb2.Conformer, Any]:
+        """`_encode` for an admitted request: its time in the first stages feeds the admission estimate."""
+        start = time.monotonic()
+        try:
+            conformer, encoding = await self._encode(molecule)
+        except BaseException:
+            self.admission.before_lm -= 1
+            raise
+        self.admission.encoded(time.monotonic() - start)
+        return conformer, encoding
+
+    async def _complete(
+        self, molecule: Any, instruction: str, decoding: Any, ask: bool, timeout_s: float
+    ) -> gateway_pb2.Answer:
+        predicted, start = self._admit(decoding, timeout_s), time.monotonic()
+
+        async def work() -> gateway_pb2.Answer:
+            conformer, encoding = await self._encode_for_lm(molecule)
+            request = self._generate_request(instruction, conformer, encoding, decoding)
+            try:
+                result = await self._call("lm", "Generate", request)
+            finally:
+                self.admission.answered()
+            self.admission.observed(predicted, time.monotonic() - start)
+            return self._answer(conformer, encoding, result.text, result.num_tokens, result.finish_reason, ask)
+
+        return await asyncio.wait_for(work(), timeout_s)
 
     async def _stream(
         self, molecule: Any, instruction: str, decoding: Any, ask: bool, timeout_s: float
     ) -> AsyncIterator[gateway_pb2.AnswerChunk]:
+        predicted, start = self._admit(decoding, timeout_s), time.monotonic()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        conformer, encoding = await asyncio.wait_for(self._encode(molecule), timeout_s)
+        conformer, encoding = await asyncio.wait_for(self._encode_for_lm(molecule), timeout_s)
         request = self._generate_request(instruction, conformer, encoding, decoding)
         chunks = self.handles["lm"].options(stream=True).GenerateStream.remote(request)
         text, last = "", None
-        while True:
-            try:
-                chunk = await asyncio.wait_for(chunks.__anext__(), max(0.001, deadline - loop.time()))
-            except StopAsyncIteration:
-                break
-            text += chunk.text
-            last = chunk
-            if chunk.text:
-                yield gateway_pb2.AnswerChunk(text=chunk.text)
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), max(0.001, deadline - loop.time()))
+                except StopAsyncIteration:
+                    break
+                text += chunk.text
+                last = chunk
+                if chunk.text:
+                    yield gateway_pb2.AnswerChunk(text=chunk.text)
+        finally:
+            self.admission.answered()
+        self.admission.observed(predicted, time.monotonic() - start)
         if last is None:
             raise ServiceError.make(
                 grpc.StatusCode.INTERNAL, "internal", "the LM stream ended without a result", self.stage
@@ -171,15 +232,13 @@ class GatewayStage(Stage):
 
     @rpc
     async def Caption(self, request: gateway_pb2.CaptionRequest, grpc_context: Any = None) -> gateway_pb2.Answer:
-        work = self._complete(request.molecule, CAPTION_INSTRUCTION, task_decoding(request.decoding, "caption"),
-                              ask=False)  # fmt: skip
-        return await asyncio.wait_for(work, self._timeout(grpc_context))
+        decoding = task_decoding(request.decoding, "caption")
+        return await self._complete(request.molecule, CAPTION_INSTRUCTION, decoding, False, self._timeout(grpc_context))
 
     @rpc
     async def Ask(self, request: gateway_pb2.AskRequest, grpc_context: Any = None) -> gateway_pb2.Answer:
-        work = self._complete(request.molecule, self._question(request), task_decoding(request.decoding, "ask"),
-                              ask=True)  # fmt: skip
-        return await asyncio.wait_for(work, self._timeout(grpc_context))
+        question, decoding = self._question(request), task_decoding(request.decoding, "ask")
+        return await self._complete(request.molecule, question, decoding, True, self._timeout(grpc_context))
 
     @rpc_stream
     async def CaptionStream(self, request: gateway_pb2.CaptionRequest, grpc_context: Any = None):
@@ -235,19 +294,42 @@ class GatewayStage(Stage):
 
     # -- health ---------------------------------------------------------------------------------------
 
-    async def stages_ready(self, timeout_s: float = 5.0) -> dict[str, bool]:
-        async def one(handle: DeploymentHandle) -> bool:
-            try:
-                return bool(await asyncio.wait_for(handle.ready.remote(), timeout_s))
-            except Exception:
-                return False
+    # Readiness comes from Serve's own status (the controller's view: replicas started and passing
+    # Serve's health checks), never from calls into the stages, which queue behind their requests. One
+    # status query at a time, shared by concurrent probes; a probe waits for it at most
+    # `health_timeout_s`, then answers "not ready" instead of hanging.
+    health_timeout_s = 0.8
 
-        names = list(self.handles)
-        states = await asyncio.gather(*(one(self.handles[n]) for n in names))
-        return dict(zip(names, states, strict=True))
+    async def stages_ready(self) -> dict[str, bool]:
+        query = getattr(self, "_status_query", None)
+        if query is None or query.done():
+            targets = {stage: (h.app_name, h.deployment_name) for stage, h in self.handles.items()}
+            query = self._status_query = asyncio.ensure_future(asyncio.to_thread(self._running_stages, targets))
+        try:
+            return await asyncio.wait_for(asyncio.shield(query), self.health_timeout_s)
+        except TimeoutError:
+            return dict.fromkeys(self.handles, False)
+        except Exception:
+            log.warning("gateway: Serve's status could not be read", exc_info=True)
+            return dict.fromkeys(self.handles, False)
+
+    @staticmethod
+    def _running_stages(targets: dict[str, tuple[str, str]]) -> dict[str, bool]:
+        """Stage -> whether Serve has a RUNNING replica of its deployment (blocking: a worker thread)."""
+        apps = serve.status().applications
+
+        def running(app: str, deployment: str) -> bool:
+            found = apps[app].deployments.get(deployment) if app in apps else None
+            states = found.replica_states if found is not None else {}
+            return any(getattr(state, "value", state) == "RUNNING" and n > 0 for state, n in states.items())
+
+        return {stage: running(app, deployment) for stage, (app, deployment) in targets.items()}
 
     async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context: Any = None):
-        """grpc.health.v1.Health/Check: SERVING once every stage answers."""
+        """grpc.health.v1.Health/Check: SERVING while every stage has a running replica. Needs no
+        `application` metadata (services/common/serve_patches.py) and answers within a second."""
+        if isinstance(request, Undecodable):  # public and tokenless, like kubelet's probe: bytes still checked
+            raise self._fail(invalid_request(request.describe()), grpc_context)
         ready = all((await self.stages_ready()).values())
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         return health_pb2.HealthCheckResponse(status=status)

@@ -5,6 +5,10 @@ GET  /v1/health/ready                200 once every stage answers, else 503
 POST /v1/caption | /v1/ask | /v1/embed | /v1/retrieve   Caption/Ask/Embed/RetrieveRequest -> JSON
 POST /v1/caption:stream | /v1/ask:stream         NDJSON lines of AnswerChunk
 Headers: `authorization: Bearer <token>` when a token is configured; `x-molm3d-timeout-ms`.
+
+The body is read as JSON whatever its Content-Type. Every failure is a JSON body
+{"error": {"status", "code", "message", ...}}: 401 before anything else without the token, 400 for a
+body that is not a JSON object of the request message, 404 / 405 for an unknown route or method.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
 from molm3d.v1 import gateway_pb2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from ..common.auth import check_grpc
 from ..common.errors import ServiceError
 
 _HTTP_STATUS = {
@@ -62,11 +68,35 @@ class HttpCallContext:
 
 def error_response(err: ServiceError) -> JSONResponse:
     detail = json_format.MessageToDict(err.detail, preserving_proto_field_name=True)
-    return JSONResponse({"error": {"status": err.code_name, **detail}}, status_code=_HTTP_STATUS.get(err.status, 500))
+    retry_ms = err.detail.retry_after_ms
+    headers = {"Retry-After": str(max(1, -(-retry_ms // 1000)))} if retry_ms else None
+    return JSONResponse(
+        {"error": {"status": err.code_name, **detail}}, status_code=_HTTP_STATUS.get(err.status, 500), headers=headers
+    )
 
 
 def _json(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _check_objects(value: dict[str, Any], descriptor: Descriptor, path: str) -> None:
+    """ValueError where a message-typed field holds something other than a JSON object (or null):
+    protobuf's ParseDict would read a string or an array as a list of field names."""
+    for name, item in value.items():
+        field = descriptor.fields_by_name.get(name) or descriptor.fields_by_camelcase_name.get(name)  # json_name
+        if field is None or field.message_type is None or item is None:
+            continue  # unknown names and scalars: ParseDict's own messages say what is wrong
+        if field.is_repeated:  # lists and maps: ParseDict checks their items
+            continue
+        where = f"{path}.{name}" if path else name
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be a JSON object, got {_kind(item)}")
+        _check_objects(item, field.message_type, where)
+
+
+def _kind(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+    return kinds.get(type(value), "null")
 
 
 def parse_body(raw: bytes, message_type: Any) -> Any:
@@ -78,9 +108,9 @@ def parse_body(raw: bytes, message_type: Any) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(str(err)) from None
     if not isinstance(body, dict):
-        kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
-        raise ValueError(f"expected a JSON object, got {kind.get(type(body), 'null')}")
+        raise ValueError(f"expected a JSON object, got {_kind(body)}")
     try:
+        _check_objects(body, message_type.DESCRIPTOR, "")
         return json_format.ParseDict(body, message_type())
     except RecursionError:
         raise ValueError("nested too deeply") from None
@@ -100,14 +130,22 @@ async def handle_http(gateway: Any, request: Request) -> Response:
         )
     if path not in _ROUTES:
         return JSONResponse(
-            {"error": {"status": "NOT_FOUND", "message": f"no route {request.method} {path}"}}, status_code=404
+            {"error": {"status": "NOT_FOUND", "code": "not_found", "message": f"no route {request.method} {path}"}},
+            status_code=404,
         )
     if request.method != "POST":
-        return JSONResponse({"error": {"status": "METHOD_NOT_ALLOWED", "message": "use POST"}}, status_code=405)
+        return JSONResponse(
+            {"error": {"status": "METHOD_NOT_ALLOWED", "code": "method_not_allowed", "message": "use POST"}},
+            status_code=405,
+            headers={"allow": "POST"},
+        )
     method, message_type = _ROUTES[path]
     context = HttpCallContext(request.headers)
-    try:
+    try:  # the token before the body, as over gRPC: without it, nothing about the request is judged
+        check_grpc(context, gateway.token, gateway.stage)
         message = parse_body(await request.body(), message_type)
+    except ServiceError as err:
+        return error_response(err)
     except ValueError as err:
         bad = ServiceError.make(grpc.StatusCode.INVALID_ARGUMENT, "invalid_request", f"bad JSON body: {err}", "gateway")
         return error_response(bad)

@@ -19,6 +19,7 @@ import logging
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from molm3d_core.retrieval.folder import RetrievalIndex
 from molm3d_core.retrieval.manifest import current_version
 from molm3d_core.retrieval.provenance import EmbeddingSource
 
-from ..common.model import model_settings
+from ..common.model import ModelSettings
+from ..common.settings import setting
 from ..common.stage import Stage, invalid_request, rpc
 from ..common.tensors import array_from_proto
 from .prepare import SOURCE_FILE
@@ -37,6 +39,17 @@ from .prepare import SOURCE_FILE
 log = logging.getLogger("molm3d.services")
 MAX_K = 1_000
 PREPARE_TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class RetrievalSettings(ModelSettings):
+    """user_config of the Retrieval deployment. The model settings name the checkpoint whose embeddings
+    are served (prepare.py loads it, with `num_threads` torch threads, and exits); an index folder ""
+    = the example library, indexed with that checkpoint at start."""
+
+    molecule_index: str = ""  # searched by text
+    text_index: str = ""  # searched by molecule
+    reload_interval_s: float = setting(10.0, gt=0)  # how often to look for a new index version
 
 
 @serve.deployment(name="Retrieval")
@@ -51,20 +64,20 @@ class RetrievalStage(Stage):
         self.reconfigure({})
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        self._init_stage(config.get("token_env", "MOLM3D_API_TOKEN"))
-        self.reload_interval_s = float(config.get("reload_interval_s", 10))
-        folders = {"molecules": config.get("molecule_index") or "", "texts": config.get("text_index") or ""}
+        s = RetrievalSettings.from_user_config(config)
+        self._init_stage(s.token_env)
+        self.reload_interval_s = s.reload_interval_s
+        folders = {"molecules": s.molecule_index, "texts": s.text_index}
         library = not all(folders.values())
-        settings = model_settings(config)
         # Prepare again only for another checkpoint, or for a library not built yet: Serve configures a
         # replica twice at start (__init__ with {}, then the user_config), and index folders in the
         # user_config need no library.
-        if self._prepared is None or self._prepared[0] != settings or (library and not self._prepared[1]):
+        if self._prepared is None or self._prepared[0] != s.model_key or (library and not self._prepared[1]):
             if self._tmp is not None:
                 self._tmp.cleanup()
             self._tmp = tempfile.TemporaryDirectory(prefix="molm3d-retrieval-")
-            self.source = _prepare(Path(self._tmp.name), settings, library)
-            self._prepared = (settings, library)
+            self.source = _prepare(Path(self._tmp.name), s, library)
+            self._prepared = (s.model_key, library)
         for content, folder in folders.items():
             # Empty: the example library, indexed with the served checkpoint by _prepare.
             self._folders[content] = Path(folder) if folder else Path(self._tmp.name) / content
@@ -122,11 +135,11 @@ class RetrievalStage(Stage):
         return True
 
 
-def _prepare(out: Path, settings: tuple[Any, ...], library: bool) -> EmbeddingSource:
-    """Run prepare.py for the checkpoint of `settings` (see model_settings); its EmbeddingSource."""
-    checkpoint, device, dtype, preset = settings
-    cmd = [sys.executable, "-m", "molm3d_services.retrieval.prepare", "--out", str(out),
-           "--device", device, "--dtype", dtype, "--preset", preset]  # fmt: skip
+def _prepare(out: Path, settings: ModelSettings, library: bool) -> EmbeddingSource:
+    """Run prepare.py for the checkpoint of `settings`; its EmbeddingSource."""
+    checkpoint, device, dtype, preset = settings.model_key
+    cmd = [sys.executable, "-m", "molm3d_services.retrieval.prepare", "--out", str(out), "--device", device,
+           "--dtype", dtype, "--preset", preset, "--num-threads", str(settings.torch_threads)]  # fmt: skip
     if checkpoint:
         cmd += ["--checkpoint", checkpoint]
     if library:

@@ -1,7 +1,7 @@
 """The retrieval stage's model work, run in a child process so that the replica itself holds FAISS only.
 
     python -m molm3d_services.retrieval.prepare --out DIR [--checkpoint C] [--device D] [--dtype T]
-        [--preset P] [--library]
+        [--preset P] [--num-threads N] [--library]
 
 Writes DIR/source.json (the served checkpoint's EmbeddingSource: index folders are checked against
 it) and, with --library, DIR/molecules and DIR/texts: the example library of `library/` indexed
@@ -27,14 +27,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--preset", default="small")
+    p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--library", action="store_true", help="also index the example library")
     args = p.parse_args(argv)
+
+    import torch
 
     from molm3d_core.checkpoints import load_model
     from molm3d_core.log import setup_logging
     from molm3d_core.retrieval import EmbeddingSource, build_index
 
     setup_logging()
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
     model, info = load_model(args.checkpoint, device=args.device, dtype=args.dtype, preset=args.preset,
                              with_lm=False)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)

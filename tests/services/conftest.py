@@ -4,21 +4,77 @@ HTTP on 127.0.0.1 test ports, a bearer token), with a tiny checkpoint; stopped w
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from molm3d_services.stack import process_tree
+from molm3d_services.common.serve_patches import START_DELAY_ENV
+from molm3d_services.stack import local_only_ray, process_tree
 from tests.broker import alive, free_port
 
+local_only_ray()  # as the test stacks run Ray: tests that attach to one with ray.init(address=...) find it
+
 TOKEN = "test-token-7f3a"
+# What the test stacks change in serve.yaml (see stack.override).
+TEST_DEPLOYMENTS: dict[str, dict] = {
+    "Conformer": {"user_config": {"cache_size": 100, "max_heavy_atoms": 60}},
+    # A short queue on the LM so the admission-control test can fill it.
+    "LM": {
+        "max_ongoing_requests": 2,
+        "max_queued_requests": 2,
+        "user_config": {"max_batch_size": 2},
+    },
+    "Encoder": {"user_config": {"batch_wait_timeout_s": 0.05}},
+    "Retrieval": {"user_config": {"reload_interval_s": 1}},
+}
+# The shared stack's LM replica starts LM_START_DELAY_S late (its worker sleeps first, as a slow
+# checkpoint load would): the gateway is up before it, which test_health.py checks from `ready_polls`.
+LM_START_DELAY_S = 15
+SERVED_DEPLOYMENTS = {
+    **TEST_DEPLOYMENTS,
+    "LM": {
+        **TEST_DEPLOYMENTS["LM"],
+        "ray_actor_options": {
+            "num_cpus": 0.25,
+            "num_gpus": 0,
+            "runtime_env": {"env_vars": {START_DELAY_ENV: str(LM_START_DELAY_S)}},
+        },
+    },
+}
+
+
+@dataclass
+class Poll:
+    """One GET of the ready route."""
+
+    at_s: float  # since the stack was launched
+    took_s: float
+    status: int | None  # None: no HTTP answer (refused while Serve starts, or timed out)
+    body: dict | None  # the gateway's JSON (200 and 503)
+    error: str = ""
+
+
+def poll_ready(url: str, launched_at: float, timeout_s: float = 10) -> Poll:
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            status, body, error = r.status, json.loads(r.read()), ""
+    except urllib.error.HTTPError as err:  # 404 in plain text while Serve has no route to the gateway yet
+        text = err.read()
+        status, body, error = err.code, json.loads(text) if err.code == 503 else None, text.decode()[:80]
+    except OSError as err:  # refused before the proxy listens; a timeout if the route hangs
+        status, body, error = None, None, f"{type(err).__name__}: {err}"
+    return Poll(start - launched_at, time.monotonic() - start, status, body, error)
 
 
 class Stack:
@@ -40,18 +96,7 @@ class Stack:
             checkpoint=str(checkpoint),
             text_index=str(text_index),
             kafka=kafka,
-            deployments=deployments
-            or {
-                "Conformer": {"user_config": {"cache_size": 100, "max_heavy_atoms": 60}},
-                # A short queue on the LM so the admission-control test can fill it.
-                "LM": {
-                    "max_ongoing_requests": 2,
-                    "max_queued_requests": 2,
-                    "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
-                },
-                "Encoder": {"user_config": {"batch_wait_timeout_s": 0.05}},
-                "Retrieval": {"user_config": {"reload_interval_s": 1}},
-            },
+            deployments=deployments or TEST_DEPLOYMENTS,
         )
         self.config_path = tmp / "serve.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -70,6 +115,7 @@ class Stack:
             "4",
         ]
         self.log = self.log_path.open("w")
+        self.launched_at, self.ready_polls = time.monotonic(), []
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     @property
@@ -81,19 +127,17 @@ class Stack:
         return f"http://127.0.0.1:{self.http_port}"
 
     def wait_ready(self, timeout_s: float = 420) -> None:
+        """Polls the ready route until it says 200; every poll is kept in `ready_polls`."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"molm3d serve exited with {self.proc.returncode}:\n{self.log_path.read_text()[-4000:]}"
                 )
-            try:
-                with urllib.request.urlopen(f"{self.http}/v1/health/ready", timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(1)
+            self.ready_polls.append(poll_ready(f"{self.http}/v1/health/ready", self.launched_at))
+            if self.ready_polls[-1].status == 200:
+                return
+            time.sleep(0.5)
         raise TimeoutError(f"stack not ready after {timeout_s} s:\n{self.log_path.read_text()[-4000:]}")
 
     def stop(self, timeout_s: float = 120) -> tuple[int, set[int]]:
@@ -139,12 +183,21 @@ def text_index(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) 
     return folder
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one stack for every module that uses it: each start costs ~60 s
 def served(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, text_index: Path):
-    stack = Stack(tmp_path_factory.mktemp("serve"), tiny_checkpoint, text_index)
+    stack = Stack(tmp_path_factory.mktemp("serve"), tiny_checkpoint, text_index, deployments=SERVED_DEPLOYMENTS)
     try:
         stack.wait_ready()
         yield stack
     finally:
         if stack.proc.poll() is None:
             stack.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The test that stops the shared stack runs after every other test that uses it."""
+    items.sort(key=lambda item: item.get_closest_marker("stops_stack") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "stops_stack: stops the shared stack; runs after the tests that use it")

@@ -46,7 +46,7 @@ def bulk_stack(tmp_path_factory, tiny_checkpoint, text_index, broker):
         deployments={
             "Conformer": {"user_config": {"cache_size": 1000, "max_heavy_atoms": 60}},
             "Encoder": {"user_config": {"batch_wait_timeout_s": 0.05}},
-            "LM": {"user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05}},
+            "LM": {"user_config": {"max_batch_size": 16}},
             "BulkWorker": {"user_config": {"kafka": kafka, "max_batch": 8, "max_in_flight_batches": 2}},
         },
     )

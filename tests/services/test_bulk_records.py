@@ -98,7 +98,7 @@ def test_kafka_settings_from_environment_and_overrides(monkeypatch):
         "s3cret",
     )
     assert settings.public()["password"] == "***"
-    with pytest.raises(ValueError, match="unknown Kafka settings"):
+    with pytest.raises(ValueError, match="unknown Kafka setting 'bootstrap_servers'; allowed: bootstrap, "):
         KafkaSettings.from_env(bootstrap_servers="x")
     monkeypatch.delenv("MOLM3D_KAFKA_BOOTSTRAP")
     with pytest.raises(ValueError, match="no Kafka broker configured"):

@@ -9,6 +9,7 @@ import torch
 
 from molm3d_core.evaluation.text import repeats_ngram
 from molm3d_core.models import DecodingOptions
+from molm3d_core.models.continuous import Sequence, decode_all
 
 WORDS = [" acid", " ring", " the", " is", " salt", " base", " group", " compound", " ion", " ester", " amine", " oxide"]
 
@@ -32,19 +33,6 @@ def test_default_blocks_repeated_4_grams_and_valid_sizes_pass():
     assert DecodingOptions(no_repeat_ngram_size=3).no_repeat_ngram_size == 3
 
 
-class _Collect:
-    """A transformers streamer that keeps the generated token ids (batch size 1)."""
-
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-
-    def put(self, value: torch.Tensor) -> None:
-        self.ids += value.flatten().tolist()
-
-    def end(self) -> None:
-        pass
-
-
 def _bigrams(ids: list[int]) -> list[tuple[int, int]]:
     return list(itertools.pairwise(ids))
 
@@ -63,9 +51,10 @@ def test_no_repeat_ngram_blocks_a_loop_of_the_tiny_lm(tiny_model):
     try:
         runs = {}
         for size in (0, 2):
-            streamer = _Collect()
-            gen = lm.generate(prompt, mol, DecodingOptions(max_new_tokens=16, no_repeat_ngram_size=size), streamer)
-            runs[size] = (streamer.ids[-16:], gen[0].text)
+            (embeds,) = lm.prompt_embeds(prompt, mol)
+            seq = Sequence(embeds, DecodingOptions(max_new_tokens=16, no_repeat_ngram_size=size))
+            (gen,) = decode_all(lm, [seq])
+            runs[size] = (seq.tokens, gen.text)
     finally:
         hook.remove()
     looping, looping_text = runs[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from molm3d_core.decoding import default_decoding
 from molm3d_core.models import DecodingOptions, LMConfig, MolLM
 from molm3d_core.prompts import MOL_TOKEN
 from tests.helpers import molecule_batch
@@ -63,11 +64,18 @@ def test_training_loss_of_a_padded_batch_is_the_token_weighted_mean_of_its_rows(
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
 
 
-def test_answer_is_identical_alone_and_in_a_batch(small_model):
+# With a repetition penalty, transformers' batched generate leaves each left-padded row's first k
+# generated tokens (k = its padding) unpenalised (it reads the padding length as a prompt length), so a
+# caption depended on its batch neighbours; the continuous decoder penalises every generated token.
+@pytest.mark.parametrize(
+    "decoding",
+    [DecodingOptions(max_new_tokens=12), default_decoding("caption", max_new_tokens=16)],
+    ids=["answer-default", "caption-default"],
+)
+def test_answer_is_identical_alone_and_in_a_batch(small_model, decoding):
     model, _ = small_model
     smiles = ["CC(=O)Oc1ccccc1C(=O)O", "CCO", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C"]
     questions = ["What is this molecule?", "Describe it in one sentence, please, with its main functional group.", "?"]
-    decoding = DecodingOptions(max_new_tokens=12)
     with torch.no_grad():
         batch = model.ask(molecule_batch(smiles), smiles, questions, decoding)
         alone = [model.ask(molecule_batch([s]), [s], [q], decoding)[0] for s, q in zip(smiles, questions, strict=True)]

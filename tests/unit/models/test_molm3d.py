@@ -27,6 +27,14 @@ def test_molecule_and_text_embeddings(tiny_model):
     torch.testing.assert_close(sim, brute)
 
 
+def test_one_encode_pass_gives_the_tokens_and_the_embeddings(tiny_model):
+    batch = molecule_batch(SMILES)
+    with torch.no_grad():
+        tokens, embeddings = tiny_model.encode_molecules(batch)  # what the encoder stage serves
+        torch.testing.assert_close(tokens, tiny_model.molecule_tokens(batch))
+        torch.testing.assert_close(embeddings, tiny_model.embed_molecules(batch))
+
+
 def test_matching_head_scores_each_pair(tiny_model):
     with torch.no_grad():
         logits = tiny_model.match_logits(molecule_batch(SMILES[:2]), ["aspirin", "ethanol"])

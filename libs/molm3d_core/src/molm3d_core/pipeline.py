@@ -2,7 +2,8 @@
 
 This is the one inference path the CLI runs (and the services and bulk workers will call stage by
 stage). Every input record yields exactly one result, in input order: either the model's output with
-its provenance, or the typed error that stopped that record.
+its provenance, or the typed error that stopped that record. The rows are built by `results.py`, where the
+served path (`molm3d caption --remote`) builds its rows too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .chem import (
 from .decoding import DecodingOptions, default_decoding
 from .errors import ErrorCode, MoleculeError
 from .models import MoLM3D
-from .prompts import parse_number
+from .results import ModelRef, Provenance, embedding_outputs, error_row, generation_outputs, ok_row
 from .targets import TARGETS
 
 Task = Literal["caption", "ask", "embed", "predict"]
@@ -39,15 +40,15 @@ class PreparedMolecule:
     conformer: Conformer
     features: MoleculeFeatures
 
-    def provenance(self) -> dict[str, Any]:
-        return {
-            "record_id": self.record.record_id,
-            "smiles": self.record.smiles,
-            "inchikey": self.record.inchikey,
-            "source_format": self.record.source_format,
-            "conformer_method": self.conformer.method,
-            "warnings": [*self.record.warnings, *self.conformer.warnings],
-        }
+    def provenance(self) -> Provenance:
+        return Provenance(
+            record_id=self.record.record_id,
+            smiles=self.record.smiles,
+            inchikey=self.record.inchikey,
+            source_format=self.record.source_format,
+            conformer_method=self.conformer.method,
+            warnings=[*self.record.warnings, *self.conformer.warnings],
+        )
 
 
 def prepare_molecule(record: MoleculeRecord, options: ConformerOptions, max_atoms: int) -> PreparedMolecule:
@@ -106,7 +107,7 @@ class Predictor:
 
     @torch.no_grad()
     def run_batch(self, batch: list[PreparedMolecule], task: Task, question: str | None = None) -> list[dict[str, Any]]:
-        """Model outputs for prepared molecules (one dict of task fields each)."""
+        """Model outputs for prepared molecules (one dict of task fields each, see `results`)."""
         features = collate([p.features for p in batch])
         smiles = [p.record.smiles for p in batch]
         if task == "predict":
@@ -119,25 +120,13 @@ class Predictor:
             ]
         if task == "embed":
             emb = self.model.embed_molecules(features).float().cpu()  # (B, Q, E)
-            return [{"embedding": e.tolist(), "embedding_shape": list(e.shape)} for e in emb]
+            return [embedding_outputs(e.tolist()) for e in emb]
         decoding = self.decoding or default_decoding(task)
         if task == "caption":
             gens = self.model.caption(features, smiles, decoding)
-            return [{"caption": g.text, "finish_reason": g.finish_reason} for g in gens]
-        gens = self.model.ask(features, smiles, [question or ""] * len(batch), decoding)
-        out = []
-        for g in gens:
-            number = parse_number(g.text)
-            out.append(
-                {
-                    "question": question,
-                    "answer": g.text,
-                    "value": number.value if number else None,
-                    "unit": number.unit if number else None,
-                    "finish_reason": g.finish_reason,
-                }
-            )
-        return out
+        else:
+            gens = self.model.ask(features, smiles, [question or ""] * len(batch), decoding)
+        return [generation_outputs(task, g.text, g.finish_reason, question) for g in gens]
 
     def run(
         self,
@@ -171,7 +160,7 @@ class Predictor:
         question: str | None,
         progress: Any | None,
     ) -> Iterator[dict[str, Any]]:
-        base = {"task": task, "model_id": self.info.model_id, "model_trained": self.info.trained}
+        model = ModelRef(self.info.model_id, self.info.trained)
         # Results wait in `queue` until the batch holding the molecules before them has run, so that
         # output order is input order while errors do not break batches up.
         queue: list[PreparedMolecule | dict[str, Any]] = []
@@ -183,7 +172,7 @@ class Predictor:
             outputs = iter(self.run_batch(prepared, task, question) if prepared else [])
             for entry in queue:
                 if isinstance(entry, PreparedMolecule):
-                    yield {**base, "status": "ok", **entry.provenance(), **next(outputs)}
+                    yield ok_row(task, model, entry.provenance(), next(outputs))
                 else:
                     yield entry
                 if progress is not None:
@@ -198,15 +187,7 @@ class Predictor:
                 queue.append(prepare_molecule(item, self.conformer_options, self.model.config.max_atoms))
                 n_prepared += 1
             except MoleculeError as err:
-                queue.append(
-                    {
-                        **base,
-                        "status": "error",
-                        "record_id": err.record_id,
-                        "error_code": err.code.value,
-                        "error_message": err.message,
-                    }
-                )
+                queue.append(error_row(task, model, err.record_id, err.code.value, err.message))
             if n_prepared == 0 or n_prepared >= self.batch_size:
                 yield from flush()
         yield from flush()

@@ -35,6 +35,9 @@ _EXTENSIONS = {
 PDB_BOND_ORDER_WARNING = "bond orders not determined from PDB; SMILES/InChIKey reflect connectivity only"
 _WATER = frozenset({"HOH", "WAT", "DOD", "H2O"})
 _LOG_TIMESTAMP = re.compile(r"^\[\d{2}:\d{2}:\d{2}\] ?")
+# The parts of an RDKit invariant violation that name RDKit's build and this machine: the source file
+# and expression, the C++ stack trace with library paths, and the frame lines around them.
+_RDKIT_INTERNALS = re.compile(r"^(\*+|-+|Stacktrace:|Violation occurred on line .*|Failed Expression: .*|\s*\d+# .*)$")
 _SDF_ID_FIELD = re.compile(r"^>.*<(id|ID|_Name)>")
 
 
@@ -99,8 +102,14 @@ def rdkit_log() -> Iterator[_Log]:
         try:
             yield log
         finally:
-            lines = (_LOG_TIMESTAMP.sub("", line).rstrip() for line in capture.messages.splitlines())
-            log.text = "\n".join(line for line in lines if line)
+            log.text = rdkit_message(capture.messages)
+
+
+def rdkit_message(text: str) -> str:
+    """RDKit's error text without timestamps and without an invariant violation's source location and
+    stack trace (file paths of RDKit's build and of this machine): what a user may be shown."""
+    lines = (_LOG_TIMESTAMP.sub("", line).rstrip() for line in text.splitlines())
+    return "\n".join(line for line in lines if line and not _RDKIT_INTERNALS.match(line))
 
 
 _RDKIT_ERRORS = (Chem.MolSanitizeException, RuntimeError, ValueError)
@@ -119,7 +128,7 @@ def _rdkit_parse(parse: Callable[[bool], Chem.Mol | None], code: ErrorCode, what
             with rdkit_log():
                 Chem.SanitizeMol(raw)
         except _RDKIT_ERRORS as exc:
-            raise MoleculeError(ErrorCode.SANITIZATION_FAILED, str(exc).strip()) from None
+            raise MoleculeError(ErrorCode.SANITIZATION_FAILED, rdkit_message(str(exc))) from None
     raise MoleculeError(code, log.text or f"RDKit could not read the {what}")
 
 
@@ -343,12 +352,12 @@ def _parse_xyz(chunk: _Chunk, limits: InputLimits, charge: int) -> MoleculeRecor
         with rdkit_log():
             rdDetermineBonds.DetermineBonds(mol, charge=charge)
     except _RDKIT_ERRORS as exc:
-        raise MoleculeError(ErrorCode.PARSE_ERROR, f"bond perception failed: {exc}") from None
+        raise MoleculeError(ErrorCode.PARSE_ERROR, f"bond perception failed: {rdkit_message(str(exc))}") from None
     try:
         with rdkit_log():
             Chem.SanitizeMol(mol)
     except _RDKIT_ERRORS as exc:
-        raise MoleculeError(ErrorCode.SANITIZATION_FAILED, str(exc).strip()) from None
+        raise MoleculeError(ErrorCode.SANITIZATION_FAILED, rdkit_message(str(exc))) from None
     Chem.AssignStereochemistryFrom3D(mol)
     return _make_record(mol, chunk.record_id, "xyz", limits, has_3d=True, warnings=[])
 

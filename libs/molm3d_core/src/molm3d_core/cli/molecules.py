@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--checkpoint", help="checkpoint folder (default: $MOLM3D_CHECKPOINT or models/molm3d-small)")
     if task in ("caption", "ask"):
         parser.add_argument("--remote", metavar="HOST:PORT",
-                            help="send the molecules to a running `molm3d serve` over gRPC instead of loading a "
-                                 "model here (token from $MOLM3D_API_TOKEN)")  # fmt: skip
+                            help="send the molecules as given to a running `molm3d serve` over gRPC instead of "
+                                 "loading a model here (token from $MOLM3D_API_TOKEN); the server reads them and "
+                                 "makes their conformers with its own settings")  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
     parser.add_argument("--format", choices=FORMATS, default="jsonl", help="output format (default jsonl)")
@@ -84,15 +85,17 @@ def _positive(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoints import load_model
     from ..chem import ConformerOptions, InputLimits, count_records, read_inputs
+    from ..chem.inputs import split_inputs
     from ..models import DecodingOptions
     from ..pipeline import Predictor
 
     limits = InputLimits(max_heavy_atoms=args.max_heavy_atoms)
-    records = read_inputs(args.inputs, limits=limits, xyz_charge=args.xyz_charge)
-    if getattr(args, "remote", None):
+    if getattr(args, "remote", None):  # records as given (text + format): the server parses each once
         from .plugins import plugin
 
-        return _write_results(args, plugin("molm3d.remote", "client")(args, records), count_records(args.inputs))
+        results = plugin("molm3d.remote", "client")(args, split_inputs(args.inputs, limits=limits))
+        return _write_results(args, results, count_records(args.inputs))
+    records = read_inputs(args.inputs, limits=limits, xyz_charge=args.xyz_charge)
 
     # predict reads the encoder's heads only: the LM is neither loaded nor held.
     model, info = load_model(args.checkpoint, device=args.device, dtype=args.dtype,

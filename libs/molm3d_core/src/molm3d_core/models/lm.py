@@ -21,6 +21,7 @@ from torch import nn
 from ..assets import DEFAULT_LM, resolve_asset
 from ..decoding import DecodingOptions
 from ..prompts import MOL_TOKEN
+from .continuous import Sequence, decode_all
 
 __all__ = ["DecodingOptions", "Generation", "LMConfig", "MolLM"]
 
@@ -182,12 +183,29 @@ class MolLM(nn.Module):
         target = labels[:, ids.shape[1] - keep + 1 :]
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
 
+    def prompt_embeds(self, prompts: list[str], mol_embeds: torch.Tensor | None) -> list[torch.Tensor]:
+        """Each prompt's embeddings (T_i, H), molecule tokens spliced in, without padding."""
+        batch = self.tokenize(prompts)
+        device = self.model.device
+        embeds = self.embed(batch.input_ids.to(device), mol_embeds)
+        mask = batch.attention_mask.to(device).bool()
+        return [embeds[i, mask[i]] for i in range(len(prompts))]
+
+    def generation(self, seq: Sequence) -> Generation:
+        """The text of a decoded sequence, up to its EOS."""
+        eos = self.tokenizer.eos_token_id
+        ids = seq.tokens[: seq.tokens.index(eos) + 1] if eos in seq.tokens else seq.tokens
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return Generation(text, len(ids), "eos" if eos in ids else (seq.finish_reason or "length"))
+
     @torch.no_grad()
     def generate(
-        self, prompts: list[str], mol_embeds: torch.Tensor | None, decoding: DecodingOptions, streamer: Any = None
+        self, prompts: list[str], mol_embeds: torch.Tensor | None, decoding: DecodingOptions
     ) -> list[Generation]:
-        """Decode every prompt (left-padded batch); `streamer` (a transformers BaseStreamer) sees each
-        step's new tokens, for token streaming (greedy only, a transformers limit)."""
+        """Decode every prompt. Greedy runs as one continuous batch (`continuous.py`, the path the LM stage
+        serves); beam search through transformers' `generate` on a left-padded batch."""
+        if decoding.num_beams == 1:
+            return decode_all(self, [Sequence(e, decoding) for e in self.prompt_embeds(prompts, mol_embeds)])
         batch = self.tokenize(prompts)
         device = self.model.device
         ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
@@ -205,14 +223,9 @@ class MolLM(nn.Module):
             eos_token_id=eos,
             pad_token_id=self.tokenizer.pad_token_id,
             suppress_tokens=[self.mol_token_id],
-            streamer=streamer,
         )
-        results = []
-        for row in out.tolist():  # only new tokens: the prompt went in as embeddings
-            stop = row.index(eos) + 1 if eos in row else len(row)
-            text = self.tokenizer.decode(row[:stop], skip_special_tokens=True).strip()
-            results.append(Generation(text, stop, "eos" if eos in row else "length"))
-        return results
+        # only new tokens: the prompt went in as embeddings
+        return [self.generation(Sequence(embeds[0], decoding, tokens=row)) for row in out.tolist()]
 
     # 4. what a checkpoint saves ----------------------------------------------------------------------
 

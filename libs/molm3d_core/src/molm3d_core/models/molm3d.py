@@ -211,11 +211,21 @@ class MoLM3D(nn.Module):
         """(B, Q, H_lm): what replaces the `<mol>` placeholders."""
         return self.llm_proj(self.query_molecules(batch))
 
+    def encode_molecules(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`molecule_tokens` (B, Q, H_lm) and `embed_molecules` (B, Q, E) from one encoder + Q-Former pass
+        (what the encoder stage serves)."""
+        queries = self.query_molecules(batch)
+        return self.llm_proj(queries), self._retrieval_embeddings(queries)
+
     # 2. retrieval -----------------------------------------------------------------------------------
 
     def embed_molecules(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, Q, E) unit vectors."""
-        return F.normalize(self.graph_proj(self.query_molecules(batch)), dim=-1)
+        return self._retrieval_embeddings(self.query_molecules(batch))
+
+    def _retrieval_embeddings(self, queries: torch.Tensor) -> torch.Tensor:
+        """(B, Q, Hq) query outputs -> (B, Q, E) unit vectors."""
+        return F.normalize(self.graph_proj(queries), dim=-1)
 
     def tokenize_texts(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Q-Former text ids, cut at `config.max_text_tokens` (the same length in training and retrieval)."""
