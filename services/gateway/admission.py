@@ -82,14 +82,13 @@ class Admission:
     encode_s: float = 0.0  # EWMA seconds of conformer + encoder for one request
     before_lm: int = 0  # admitted requests still in the conformer and encoder stages
     at_lm: int = 0  # requests sent to the LM and not answered yet
-    correction: float = 1.0  # EWMA of answered / predicted seconds
     _poller: Any = None
     _logged_at: float = 0.0
     _last_check: float = 0.0
 
     def check(self, max_new_tokens: int, timeout_s: float, stage: str = "gateway") -> float | None:
         """RESOURCE_EXHAUSTED when a new request's predicted answer time is past `margin` x `timeout_s`;
-        else the model's prediction before correction, for `observed` (None: no report yet)."""
+        else that prediction (None: no report yet)."""
         if self.load is None:
             return None
         # Ahead of a new request: those still in the first stages, and those sent to the LM that are not
@@ -98,17 +97,16 @@ class Admission:
         predicted = predict_seconds(self.load, ahead, max_new_tokens, self.encode_s)
         if predicted is None:
             return None
-        raw, predicted = predicted, predicted * self.correction
         budget = self.margin * timeout_s
         if predicted <= budget:
-            return raw
+            return predicted
         idle = predict_seconds({**self.load, "running": [], "waiting": 0}, 0, max_new_tokens, self.encode_s)
-        if idle is not None and idle * self.correction > budget:  # not the load's fault: a retry would not help
+        if idle is not None and idle > budget:  # not the load's fault: a retry would not help
             raise ServiceError.make(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "deadline_exceeded",
                 f"this request's deadline of {timeout_s:.3g} s is shorter than an answer takes on an idle stack "
-                f"(about {idle * self.correction:.3g} s)",
+                f"(about {idle:.3g} s)",
                 stage,
             )
         retry_s = max(1, math.ceil(predicted - budget))
@@ -116,8 +114,8 @@ class Admission:
         if now - self._logged_at > 5:  # a flood of refusals would flood the log
             self._logged_at = now
             running = len(self.load["running"])
-            log.info("refusing for load: predicted %.2f s (correction %.2f, %d ahead, %d running, encode %.2f s) "
-                     "> %.2f s", predicted, self.correction, ahead, running, self.encode_s, budget)  # fmt: skip
+            log.info("refusing for load: predicted %.2f s (%d ahead, %d running, encode %.2f s) > %.2f s",
+                     predicted, ahead, running, self.encode_s, budget)  # fmt: skip
         raise ServiceError.make(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "overloaded",
@@ -126,15 +124,6 @@ class Admission:
             stage,
             retry_after_ms=retry_s * 1000,
         )
-
-    def observed(self, predicted: float | None, seconds: float) -> None:
-        """An admitted request predicted at `predicted` s (what `check` returned) was answered in `seconds`:
-        predictions learn a correction from it (contention and whatever else the model leaves out), 1-4x.
-        Never below 1: an answer faster than predicted under one load (a full batch) says little about
-        another (a short queue), and the promise is that what is admitted is answered in time."""
-        if predicted:
-            ratio = min(4.0, max(1.0, seconds / predicted))
-            self.correction = (1 - _EWMA) * self.correction + _EWMA * ratio
 
     def encoded(self, seconds: float) -> None:
         """A request left the encoder for the LM after `seconds` in the first two stages."""

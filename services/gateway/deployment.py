@@ -161,13 +161,11 @@ class GatewayStage(Stage):
             raise invalid_request(f"question has {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
         return question
 
-    def _admit(self, decoding: common_pb2.DecodingOptions, timeout_s: float) -> float | None:
-        """Refuse now what could not be answered in time (RESOURCE_EXHAUSTED); else count it in and
-        return the predicted seconds to its answer."""
+    def _admit(self, decoding: common_pb2.DecodingOptions, timeout_s: float) -> None:
+        """Refuse now what could not be answered in time (RESOURCE_EXHAUSTED); else count it in."""
         self.admission.start(lambda: self.handles["lm"].load.remote())
-        predicted = self.admission.check(decoding.max_new_tokens, timeout_s, self.stage)
+        self.admission.check(decoding.max_new_tokens, timeout_s, self.stage)
         self.admission.before_lm += 1
-        return predicted
 
     async def _encode_for_lm(self, molecule: Any) -> tuple[common_pb2.Conformer, Any]:
         """`_encode` for an admitted request: its time in the first stages feeds the admission estimate."""
@@ -183,7 +181,7 @@ class GatewayStage(Stage):
     async def _complete(
         self, molecule: Any, instruction: str, decoding: Any, ask: bool, timeout_s: float
     ) -> gateway_pb2.Answer:
-        predicted, start = self._admit(decoding, timeout_s), time.monotonic()
+        self._admit(decoding, timeout_s)
 
         async def work() -> gateway_pb2.Answer:
             conformer, encoding = await self._encode_for_lm(molecule)
@@ -192,7 +190,6 @@ class GatewayStage(Stage):
                 result = await self._call("lm", "Generate", request)
             finally:
                 self.admission.answered()
-            self.admission.observed(predicted, time.monotonic() - start)
             return self._answer(conformer, encoding, result.text, result.num_tokens, result.finish_reason, ask)
 
         return await asyncio.wait_for(work(), timeout_s)
@@ -200,7 +197,7 @@ class GatewayStage(Stage):
     async def _stream(
         self, molecule: Any, instruction: str, decoding: Any, ask: bool, timeout_s: float
     ) -> AsyncIterator[gateway_pb2.AnswerChunk]:
-        predicted, start = self._admit(decoding, timeout_s), time.monotonic()
+        self._admit(decoding, timeout_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         conformer, encoding = await asyncio.wait_for(self._encode_for_lm(molecule), timeout_s)
@@ -219,7 +216,6 @@ class GatewayStage(Stage):
                     yield gateway_pb2.AnswerChunk(text=chunk.text)
         finally:
             self.admission.answered()
-        self.admission.observed(predicted, time.monotonic() - start)
         if last is None:
             raise ServiceError.make(
                 grpc.StatusCode.INTERNAL, "internal", "the LM stream ended without a result", self.stage

@@ -63,20 +63,3 @@ def test_a_deadline_no_idle_stack_could_meet_is_deadline_exceeded_not_overload()
 
 def test_before_the_first_report_everything_is_admitted():
     Admission().check(512, timeout_s=0.001)
-
-
-def test_predictions_learn_a_correction_from_the_answers():
-    admission = Admission(load=dict(LOAD))
-    predicted = admission.check(64, timeout_s=5.0)
-    for _ in range(30):  # answers take twice as long as predicted (contention the model does not see)
-        admission.observed(predicted, 2 * predicted)
-    assert admission.correction == pytest.approx(2, rel=0.01)
-    assert admission.check(64, timeout_s=5.0) == predicted  # the model's own prediction, for `observed`
-    with pytest.raises(ServiceError):  # 2 x 1.05 s is now past 0.8 x 2.5 s (1.05 alone would fit)
-        admission.check(64, timeout_s=2.5)
-    for _ in range(100):
-        admission.observed(predicted, 100 * predicted)
-    assert admission.correction == pytest.approx(4)  # bounded
-    for _ in range(100):
-        admission.observed(predicted, predicted / 10)
-    assert admission.correction == pytest.approx(1)  # faster answers never make it admit more than predicted
