@@ -14,12 +14,13 @@ serve.yaml still bound the stack.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -82,6 +83,7 @@ class Admission:
     encode_s: float = 0.0  # EWMA seconds of conformer + encoder for one request
     before_lm: int = 0  # admitted requests still in the conformer and encoder stages
     at_lm: int = 0  # requests sent to the LM and not answered yet
+    _recent_encodes: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=50))
     _poller: Any = None
     _logged_at: float = 0.0
     _last_check: float = 0.0
@@ -100,8 +102,11 @@ class Admission:
         budget = self.margin * timeout_s
         if predicted <= budget:
             return predicted
-        idle = predict_seconds({**self.load, "running": [], "waiting": 0}, 0, max_new_tokens, self.encode_s)
-        if idle is not None and idle > budget:  # not the load's fault: a retry would not help
+        # Not the load's fault when even an idle stack (the fastest encode seen lately) would miss the whole
+        # deadline: a retry would not help.
+        fastest = min(self._recent_encodes, default=0.0)
+        idle = predict_seconds({**self.load, "running": [], "waiting": 0}, 0, max_new_tokens, fastest)
+        if idle is not None and idle > timeout_s:
             raise ServiceError.make(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "deadline_exceeded",
@@ -130,6 +135,7 @@ class Admission:
         self.before_lm -= 1
         self.at_lm += 1
         self.encode_s = seconds if not self.encode_s else (1 - _EWMA) * self.encode_s + _EWMA * seconds
+        self._recent_encodes.append(seconds)
 
     def answered(self) -> None:
         """A request sent to the LM came back (answer or error)."""

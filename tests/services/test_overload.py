@@ -41,7 +41,7 @@ def test_a_burst_beyond_capacity_is_admitted_within_deadlines_or_refused_with_a_
         caption(client, 60)
     start = time.perf_counter()
     assert caption(client, 60)[0] == grpc.StatusCode.OK
-    deadline_s = 3 * (time.perf_counter() - start)
+    deadline_s = 4 * (time.perf_counter() - start)
     time.sleep(0.5)  # a fresh load report
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda _: caption(client, deadline_s), range(16)))
