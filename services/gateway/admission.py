@@ -54,11 +54,12 @@ def predict_seconds(load: dict[str, Any], ahead: int, max_new_tokens: int, encod
     """Seconds until a new request with `ahead` requests before it would be answered; None = no measurement."""
     if not load.get("step_s"):
         return None
-    lengths = sorted(load["lengths"])
-    typical = lengths[int(0.9 * (len(lengths) - 1))] if lengths else None
 
     def expected(limit: int) -> int:
-        return limit if typical is None else max(1, min(limit, typical))
+        """A typical length (p90) of recent answers with the same token limit; the limit itself until
+        5 such answers are known (a short-answer task must not make captions look short)."""
+        same = sorted(n for n, m in load["lengths"] if m == limit)
+        return max(1, same[int(0.9 * (len(same) - 1))]) if len(same) >= 5 else limit
 
     slots = load["slots"]
     # Steps until each slot is free: a running sequence is expected to reach a typical length (at least a

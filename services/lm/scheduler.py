@@ -44,7 +44,8 @@ class DecodeLoop:
         self._wake = threading.Condition()
         self._step_s: dict[int, float] = {}  # batch size -> EWMA seconds of one step
         self._prefill_s: float | None = None  # EWMA seconds of prefilling one sequence
-        self._lengths: collections.deque[int] = collections.deque(maxlen=200)  # generated tokens of recent answers
+        # (generated tokens, max_new_tokens) of recent answers
+        self._lengths: collections.deque[tuple[int, int]] = collections.deque(maxlen=200)
         self._thread = threading.Thread(target=self._run, name="lm-decode", daemon=True)
         self._thread.start()
 
@@ -154,7 +155,7 @@ class DecodeLoop:
     def _finish(self, finished: list[Sequence]) -> None:
         for seq in finished:
             if seq.finish_reason in ("eos", "length"):
-                self._lengths.append(len(seq.tokens))
+                self._lengths.append((len(seq.tokens), seq.decoding.max_new_tokens))
             self._settle(seq, seq)
 
     def _settle(self, seq: Sequence, outcome: Sequence | BaseException) -> None:

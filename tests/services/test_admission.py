@@ -9,7 +9,14 @@ from molm3d_services.common.errors import ServiceError
 from molm3d_services.gateway.admission import Admission, predict_seconds, step_seconds
 
 # 2 slots, steps of 0.1 s at one sequence and 0.15 s at two, answers of 10 tokens
-LOAD = {"slots": 2, "running": [], "waiting": 0, "step_s": {1: 0.1, 2: 0.15}, "prefill_s": 0.05, "lengths": [10] * 20}
+LOAD = {
+    "slots": 2,
+    "running": [],
+    "waiting": 0,
+    "step_s": {1: 0.1, 2: 0.15},
+    "prefill_s": 0.05,
+    "lengths": [(10, 64)] * 20,  # (tokens, max_new_tokens) of recent answers
+}
 
 
 def test_step_time_is_measured_or_fitted_to_the_measured_batch_sizes():
@@ -63,3 +70,10 @@ def test_a_deadline_no_idle_stack_could_meet_is_deadline_exceeded_not_overload()
 
 def test_before_the_first_report_everything_is_admitted():
     Admission().check(512, timeout_s=0.001)
+
+
+def test_answers_of_another_token_limit_do_not_make_a_request_look_short():
+    mixed = {**LOAD, "lengths": [(4, 4)] * 50 + [(10, 64)] * 3}
+    # 3 answers of this limit are too few: the limit itself (300 steps) is expected
+    assert predict_seconds(mixed, 0, 300, 0.0) == pytest.approx(0.05 + 300 * 0.1)
+    assert predict_seconds(mixed, 0, 4, 0.0) == pytest.approx(0.05 + 4 * 0.1)
