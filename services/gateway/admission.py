@@ -52,8 +52,8 @@ def step_seconds(measured: dict[int, float], batch_size: int) -> float:
 
 def predict_seconds(load: dict[str, Any], ahead: int, max_new_tokens: int, encode_s: float) -> float | None:
     """Seconds until a new request with `ahead` requests before it would be answered; None = no measurement."""
-    if not load.get("step_s"):
-        return None
+    if not load.get("step_s") or max_new_tokens > load.get("max_new_tokens_limit", max_new_tokens):
+        return None  # nothing measured yet, or a limit the LM refuses (INVALID_ARGUMENT, from the LM)
 
     def expected(limit: int) -> int:
         """A typical length (p90) of recent answers with the same token limit; the limit itself until

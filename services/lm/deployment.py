@@ -178,7 +178,7 @@ class LMStage(ModelStage):
 
     def load(self) -> dict[str, Any]:
         """The decoding batch's state, for the gateway's admission control."""
-        return self.decode.load()
+        return {**self.decode.load(), "max_new_tokens_limit": self.settings.max_new_tokens_limit}
 
     async def ready(self) -> bool:
         return True

@@ -77,3 +77,5 @@ def test_answers_of_another_token_limit_do_not_make_a_request_look_short():
     # 3 answers of this limit are too few: the limit itself (300 steps) is expected
     assert predict_seconds(mixed, 0, 300, 0.0) == pytest.approx(0.05 + 300 * 0.1)
     assert predict_seconds(mixed, 0, 4, 0.0) == pytest.approx(0.05 + 4 * 0.1)
+    # over the LM's own limit: no prediction, so that the LM answers INVALID_ARGUMENT, not a deadline
+    assert predict_seconds({**mixed, "max_new_tokens_limit": 512}, 0, 5000, 0.0) is None
