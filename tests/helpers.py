@@ -11,6 +11,19 @@ def molecule_batch(smiles: list[str], seed: int = 42):
     return collate([featurize(c) for c in conformers])
 
 
+# Ethanol as a V2000 molblock (3D): the base of the malformed-block cases.
+ETHANOL_MOLBLOCK = """ethanol
+  molm3d          3D
+
+  3  2  0  0  0  0  0  0  0  0999 V2000
+    0.0000    0.0000    0.0000 C   0  0  0  0  0  0  0  0  0  0  0  0
+    1.5000    0.0000    0.0000 C   0  0  0  0  0  0  0  0  0  0  0  0
+    2.0000    1.4000    0.0000 O   0  0  0  0  0  0  0  0  0  0  0  0
+  1  2  1  0
+  2  3  1  0
+M  END
+"""
+
 TINY_MOLECULES = {
     "CCO": "ethanol is a primary alcohol",
     "c1ccccc1": "benzene is an aromatic hydrocarbon",

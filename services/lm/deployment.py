@@ -117,8 +117,13 @@ class LMStage(ModelStage):
                 raise invalid_request(f"molecule_tokens must have shape {want}, got {tuple(mol.shape)}")
         return _Job(m.prompt(instruction, request.smiles), mol, decoding)
 
+    def _molecule_tokens(self, job: _Job) -> torch.Tensor | None:
+        """The job's molecule tokens as a batch of one, on the model's device and dtype."""
+        m = self.model
+        return None if job.mol is None else job.mol[None].to(m.device, dtype=m.llm_proj.weight.dtype)
+
     def _sequence(self, job: _Job, on_token: Any = None) -> Sequence:
-        mol = None if job.mol is None else job.mol[None].to(self.model.device, dtype=self.model.llm_proj.weight.dtype)
+        mol = self._molecule_tokens(job)
         (embeds,) = self.model.lm.prompt_embeds([job.prompt], mol)
         return Sequence(embeds, job.decoding, on_token=on_token)
 
@@ -126,8 +131,7 @@ class LMStage(ModelStage):
         """Beam search, one request at a time beside the running batch (rare: reference-style decoding)."""
         if self._beams is None:
             self._beams = asyncio.Lock()
-        m = self.model
-        mol = None if job.mol is None else job.mol[None].to(m.device, dtype=m.llm_proj.weight.dtype)
+        m, mol = self.model, self._molecule_tokens(job)
         async with self._beams:
             start = time.perf_counter()
             try:

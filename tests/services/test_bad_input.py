@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2
 from molm3d.v1 import common_pb2, encoder_pb2, gateway_pb2, lm_pb2, retrieval_pb2
 
 from molm3d_services.common.errors import error_detail
+from tests.helpers import ETHANOL_MOLBLOCK
 
 from .conftest import TOKEN
 
@@ -119,17 +120,7 @@ def http_call(path: str, body: bytes | dict | None = None, method: str = "POST",
 
 # -- bad molecules: (id, format, text, error code, a piece of the message) ----------------------------
 
-V2000 = """ethanol
-  molm3d          3D
-
-  3  2  0  0  0  0  0  0  0  0999 V2000
-    0.0000    0.0000    0.0000 C   0  0  0  0  0  0  0  0  0  0  0  0
-    1.5000    0.0000    0.0000 C   0  0  0  0  0  0  0  0  0  0  0  0
-    2.0000    1.4000    0.0000 O   0  0  0  0  0  0  0  0  0  0  0  0
-  1  2  1  0
-  2  3  1  0
-M  END
-"""
+V2000 = ETHANOL_MOLBLOCK
 
 
 def v3000(x: str = "0.0", count: int = 3, element: str = "C") -> str:

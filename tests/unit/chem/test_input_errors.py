@@ -8,18 +8,9 @@ import pytest
 
 from molm3d_core.chem import parse_text
 from molm3d_core.errors import ErrorCode, MoleculeError
+from tests.helpers import ETHANOL_MOLBLOCK
 
-ETHANOL = """ethanol
-  molm3d          3D
-
-  3  2  0  0  0  0  0  0  0  0999 V2000
-    0.0000    0.0000    0.0000 C   0  0  0  0  0  0  0  0  0  0  0  0
-    1.5000    0.0000    0.0000 C   0  0  0  0  0  0  0  0  0  0  0  0
-    2.0000    1.4000    0.0000 O   0  0  0  0  0  0  0  0  0  0  0  0
-  1  2  1  0
-  2  3  1  0
-M  END
-"""
+ETHANOL = ETHANOL_MOLBLOCK
 INTERNALS = re.compile(r"Stacktrace|Violation occurred|Failed Expression|\.so\b|\.h\b|\.cpp\b|/project/|site-packages")
 
 
