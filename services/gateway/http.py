@@ -4,6 +4,7 @@ GET  /v1/health/live                 200 while the gateway runs
 GET  /v1/health/ready                200 once every stage answers, else 503
 POST /v1/caption | /v1/ask | /v1/embed | /v1/retrieve   Caption/Ask/Embed/RetrieveRequest -> JSON
 POST /v1/caption:stream | /v1/ask:stream         NDJSON lines of AnswerChunk
+POST /v1/chat/completions, GET /v1/models, POST /v1/embeddings   OpenAI-compatible (openai_api.py)
 Headers: `authorization: Bearer <token>` when a token is configured; `x-molm3d-timeout-ms`.
 
 The body is read as JSON whatever its Content-Type. Every failure is a JSON body
@@ -26,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..common.auth import check_grpc
 from ..common.errors import ServiceError
 
-_HTTP_STATUS = {
+HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.NOT_FOUND: 404,
@@ -42,6 +43,9 @@ _ROUTES = {
     "/v1/caption:stream": ("CaptionStream", gateway_pb2.CaptionRequest),
     "/v1/ask:stream": ("AskStream", gateway_pb2.AskRequest),
 }
+
+
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/models", "/v1/embeddings")  # openai_api.py
 
 
 class HttpCallContext:
@@ -71,7 +75,7 @@ def error_response(err: ServiceError) -> JSONResponse:
     retry_ms = err.detail.retry_after_ms
     headers = {"Retry-After": str(max(1, -(-retry_ms // 1000)))} if retry_ms else None
     return JSONResponse(
-        {"error": {"status": err.code_name, **detail}}, status_code=_HTTP_STATUS.get(err.status, 500), headers=headers
+        {"error": {"status": err.code_name, **detail}}, status_code=HTTP_STATUS.get(err.status, 500), headers=headers
     )
 
 
@@ -128,6 +132,8 @@ async def handle_http(gateway: Any, request: Request) -> Response:
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "stages": stages}, status_code=200 if ok else 503
         )
+    if path in OPENAI_ROUTES or path.startswith("/v1/models/"):
+        return await gateway.openai.handle(request, path)
     if path not in _ROUTES:
         return JSONResponse(
             {"error": {"status": "NOT_FOUND", "code": "not_found", "message": f"no route {request.method} {path}"}},

@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -489,23 +490,33 @@ def stage_cases(dims: dict[str, int]) -> list[Case]:
         cases.append(Case(f"encoder-EncodeText-{n}", grpc_call(text, encoder_pb2.EncodeTextRequest(text=t), "encoder"),
                           INVALID, "invalid_request", p))  # fmt: skip
     good = tensor((q, h))
+
+    def gen(instruction: str = "Describe.", tokens: Any = None, **fields: Any) -> lm_pb2.GenerateRequest:
+        molecule = lm_pb2.PromptMolecule(smiles="CCO", molecule_tokens=tokens)
+        return lm_pb2.GenerateRequest(instruction=instruction, molecules=[molecule], **fields)
+
     lm = [
-        ("no-instruction", lm_pb2.GenerateRequest(molecule_tokens=good), "instruction is empty"),
-        ("long-instruction", lm_pb2.GenerateRequest(instruction="x" * 2001, molecule_tokens=good), "limit is 2000"),
-        ("no-tokens", lm_pb2.GenerateRequest(instruction="Describe."), "needs molecule_tokens"),
-        ("tokens-dtype", lm_pb2.GenerateRequest(instruction="Describe.", molecule_tokens=tensor((q, h), dtype="int8")),
-         "unsupported tensor dtype"),
-        ("tokens-short", lm_pb2.GenerateRequest(instruction="Describe.", molecule_tokens=tensor((q, h), data=b"\0")),
-         "needs"),
-        ("tokens-shape", lm_pb2.GenerateRequest(instruction="Describe.", molecule_tokens=tensor((q + 1, h))),
-         "must have shape"),
-        ("tokens-nan", lm_pb2.GenerateRequest(instruction="Describe.",
-                                              molecule_tokens=tensor((q, h), [math.nan] * (q * h))), "NaN"),
-        ("decoding-nan", lm_pb2.GenerateRequest(instruction="Describe.", molecule_tokens=good,
-                                                decoding=common_pb2.DecodingOptions(repetition_penalty=math.nan)),
+        ("no-instruction", gen("", good), "instruction is empty"),
+        ("long-instruction", gen("x" * 2001, good), "limit is 2000"),
+        ("long-history", gen("x", good, history=[lm_pb2.Turn(question="q" * 1000, answer="a" * 1000)]),
+         "limit is 2000"),
+        ("no-tokens", gen(), "needs molecule tokens"),
+        ("tokens-dtype", gen(tokens=tensor((q, h), dtype="int8")), "unsupported tensor dtype"),
+        ("tokens-short", gen(tokens=tensor((q, h), data=b"\0")), "needs"),
+        ("tokens-shape", gen(tokens=tensor((q + 1, h))), "must have shape"),
+        ("tokens-nan", gen(tokens=tensor((q, h), [math.nan] * (q * h))), "NaN"),
+        ("mol-placeholder", gen("What is <mol>?", good), "<mol>"),
+        ("nine-molecules", lm_pb2.GenerateRequest(instruction="x", molecules=[lm_pb2.PromptMolecule(
+            smiles="C", molecule_tokens=good)] * 9), "limit is 8"),
+        ("decoding-nan", gen(tokens=good, decoding=common_pb2.DecodingOptions(repetition_penalty=math.nan)),
          "decoding.repetition_penalty"),
-        ("decoding-beams", lm_pb2.GenerateRequest(instruction="Describe.", molecule_tokens=good,
-                                                  decoding=common_pb2.DecodingOptions(num_beams=6)), "num_beams"),
+        ("decoding-beams", gen(tokens=good, decoding=common_pb2.DecodingOptions(num_beams=6)), "num_beams"),
+        ("decoding-temperature", gen(tokens=good, decoding=common_pb2.DecodingOptions(temperature=2.5)),
+         "decoding.temperature"),
+        ("decoding-top-p", gen(tokens=good, decoding=common_pb2.DecodingOptions(top_p=1.5)), "decoding.top_p"),
+        ("decoding-stops", gen(tokens=good, decoding=common_pb2.DecodingOptions(stop=list("abcde"))), "decoding.stop"),
+        ("sampled-beams", gen(tokens=good, decoding=common_pb2.DecodingOptions(num_beams=2, temperature=0.5)),
+         "decoding."),
     ]  # fmt: skip
     for i, (n, r, p) in enumerate(lm):
         method = ("Generate", "GenerateStream")[i % 2]

@@ -98,8 +98,7 @@ def test_each_stage_answers_over_grpc(channel):
     lm = lm_pb2_grpc.LMServiceStub(channel)
     request = lm_pb2.GenerateRequest(
         instruction="Describe the input molecule.",
-        smiles=conformer.smiles,
-        molecule_tokens=encoding.molecule_tokens,
+        molecules=[lm_pb2.PromptMolecule(smiles=conformer.smiles, molecule_tokens=encoding.molecule_tokens)],
         decoding=common_pb2.DecodingOptions(max_new_tokens=6),
     )
     result = lm.Generate(request, metadata=meta("lm"))
@@ -369,8 +368,7 @@ def test_resource_exhausted_beyond_the_queue_limit(channel):
     tokens = encoder.Encode(encoder_pb2.EncodeRequest(conformer=conformer), metadata=meta("encoder")).molecule_tokens
     request = lm_pb2.GenerateRequest(
         instruction="Describe the input molecule.",
-        smiles="CCO",
-        molecule_tokens=tokens,
+        molecules=[lm_pb2.PromptMolecule(smiles="CCO", molecule_tokens=tokens)],
         decoding=common_pb2.DecodingOptions(max_new_tokens=400, num_beams=5),
     )
 

@@ -31,3 +31,89 @@ def test_parse_number_and_unit(answer, value, unit):
 
 def test_no_number_gives_none():
     assert parse_number("I do not know.") is None
+
+
+# -- one builder for Caption, Ask and chat: molecules, history, system ------------------------------------
+
+MOLS8 = " " + "<mol>" * 8
+REFERENCE_ONE = (
+    "Below is an instruction that describes a task, paired with an input molecule. Write a response that "
+    "appropriately completes the request.\nInstruction: What is the LUMO?\nInput molecule: CCO"
+    + MOLS8
+    + ".\nResponse: "
+)
+COMPACT_ONE = "Molecule: CCO" + MOLS8 + "\nQuestion: What is the LUMO?\nAnswer:"
+
+
+@pytest.mark.parametrize(("template", "literal"), [("reference", REFERENCE_ONE), ("compact", COMPACT_ONE)])
+@pytest.mark.parametrize("smiles", ["CCO", ["CCO"]], ids=["str", "list"])
+def test_one_molecule_gives_the_trained_prompt_byte_for_byte(template, literal, smiles):
+    # the prompts the checkpoints were trained on: a str and a one-item list give the same bytes
+    assert build_prompt(template, " What is the LUMO? ", smiles, 8, 96) == literal
+    assert build_prompt(template, "What is the LUMO?", smiles, 8, 96, history=(), system="") == literal
+
+
+def test_smiles_only_prompt_is_unchanged():
+    assert build_prompt("compact", "Describe.", "CCO", 0, 96) == "Molecule: CCO\nQuestion: Describe.\nAnswer:"
+
+
+def test_two_molecules_each_get_their_own_placeholders_in_order():
+    compact = build_prompt("compact", "Which is larger?", ["CCO", "c1ccccc1"], 8, 96)
+    assert compact == f"Molecule: CCO{MOLS8}\nMolecule: c1ccccc1{MOLS8}\nQuestion: Which is larger?\nAnswer:"
+    reference = build_prompt("reference", "Which is larger?", ["CCO", "c1ccccc1"], 8, 4)
+    assert reference == (
+        "Below is an instruction that describes a task, paired with input molecules. Write a response that "
+        f"appropriately completes the request.\nInstruction: Which is larger?\nInput molecule: CCO{MOLS8}.\n"
+        f"Input molecule: c1cc{MOLS8}.\nResponse: "
+    )
+
+
+def test_no_molecule_gives_a_plain_question():
+    assert build_prompt("compact", "What is water?", [], 8, 96) == "Question: What is water?\nAnswer:"
+    assert build_prompt("reference", "What is water?", [], 8, 96) == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the "
+        "request.\nInstruction: What is water?\nResponse: "
+    )
+
+
+def test_history_and_system_are_replayed_before_the_question():
+    history = [("What is it?", " Ethanol. "), ("Is it toxic?", "In large amounts.")]
+    compact = build_prompt("compact", "Its boiling point?", "CCO", 2, 96, history=history, system=" Be brief. ")
+    assert compact == (
+        "Be brief.\nMolecule: CCO <mol><mol>\nQuestion: What is it?\nAnswer: Ethanol.\n"
+        "Question: Is it toxic?\nAnswer: In large amounts.\nQuestion: Its boiling point?\nAnswer:"
+    )
+    reference = build_prompt("reference", "Its boiling point?", "CCO", 2, 96, history=history[:1], system="Be brief.")
+    assert reference == (
+        "Be brief.\nBelow is an instruction that describes a task, paired with an input molecule. Write a response "
+        "that appropriately completes the request.\nInstruction: What is it?\nInput molecule: CCO <mol><mol>.\n"
+        "Response:  Ethanol.\nInstruction: Its boiling point?\nResponse: "
+    )
+    # the first turn is the single-turn prompt: a conversation continues what the model was trained on
+    for template in ("compact", "reference"):
+        first = build_prompt(template, "What is it?", "CCO", 2, 96)
+        assert build_prompt(template, "Next?", "CCO", 2, 96, history=history).startswith(first + " Ethanol.\n")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"instruction": "Fill <mol> in"}, "instruction"),
+        ({"system": "you see <mol>"}, "system"),
+        ({"history": [("ok", "fine"), ("a <mol>", "b")]}, r"history\[1\].question"),
+        ({"history": [("ok", "<mol><mol>")]}, r"history\[0\].answer"),
+        ({"smiles": ["CCO", "C<mol>C"]}, r"molecules\[1\].smiles"),
+        ({"smiles": "<mol>"}, r"molecules\[0\].smiles"),
+    ],
+)
+@pytest.mark.parametrize("template", ["compact", "reference"])
+def test_user_text_may_not_create_placeholders(template, kwargs, field):
+    args = {"instruction": "What is it?", "smiles": "CCO", **kwargs}
+    extra = {k: args.pop(k) for k in ("history", "system") if k in args}
+    with pytest.raises(ValueError, match=f"^{field} may not contain <mol>$"):
+        build_prompt(template, args["instruction"], args["smiles"], 8, 96, **extra)
+
+
+def test_unknown_template_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown prompt template 'chatml'"):
+        build_prompt("chatml", "q", "CCO", 8, 96)

@@ -110,7 +110,7 @@ def test_captions_and_answers_decode_with_their_task_defaults(tiny_model, test_s
     evaluate(tiny_model, test_set, EvalOptions(**{**vars(opts), "decoding": {**FAST, "repetition_penalty": 1.1}}))
     assert seen == {"caption": {1.1}, "mw": {1.1}}  # a given penalty is every task's
     with pytest.raises(ValueError, match="unknown decoding options"):
-        EvalOptions(decoding={"temperature": 0.7})
+        EvalOptions(decoding={"beam_width": 4})
     with pytest.raises(ValueError, match="repetition_penalty"):
         EvalOptions(decoding={"repetition_penalty": 0})
 
@@ -251,6 +251,9 @@ def test_progress_lines_without_a_terminal(tiny_model, test_set, capsys):
     assert "eval |" not in capsys.readouterr().err
 
 
+GREEDY = {"temperature": 0.0, "top_p": 1.0, "seed": None, "stop": []}  # the sampling fields, unused by eval
+
+
 def test_cli_decoding_flags_bootstrap_and_progress(checkpoint, test_set, tmp_path, capsys):
     code = main(["eval", "--checkpoint", str(checkpoint), "--data", str(test_set), "--tasks", "mw", "--limit", "4",
                  "--max-new-tokens", "3", "--beams", "2", "--repetition-penalty", "1.1", "--no-repeat-ngram", "3",
@@ -260,7 +263,7 @@ def test_cli_decoding_flags_bootstrap_and_progress(checkpoint, test_set, tmp_pat
     report = json.loads((tmp_path / "r.json").read_text())
     # a given penalty is every task's, captions' too
     given = {"num_beams": 2, "max_new_tokens": 3, "repetition_penalty": 1.1, "length_penalty": 0.8,
-             "no_repeat_ngram_size": 3}  # fmt: skip
+             "no_repeat_ngram_size": 3, **GREEDY}  # fmt: skip
     assert report["metadata"]["decoding"] == {"caption": given, "other tasks": given}
     assert "200 resamples, seed 5" in report["metadata"]["bootstrap"]
     row = {s["title"]: s["rows"] for s in report["sections"]}[SECTION_CONFORMER]["mw"]
@@ -284,10 +287,11 @@ def test_cli_decoding_grid_compares_decodings_on_captions(checkpoint, test_set, 
         assert {"bleu2", "bleu4", "rouge1", "rouge2", "rougeL", "repeat4", "truncated", "bleu2_ci_low"} <= set(row)
     grid = report["metadata"]["decoding_grid"]
     assert grid["greedy"] == {"num_beams": 1, "max_new_tokens": 3, "repetition_penalty": 1.0, "length_penalty": 1.0,
-                              "no_repeat_ngram_size": 0}  # fmt: skip
+                              "no_repeat_ngram_size": 0, **GREEDY}  # fmt: skip
     assert grid["greedy, no_repeat_ngram 3"]["no_repeat_ngram_size"] == 3
-    assert vars(default_decoding("caption", max_new_tokens=3)) in grid.values()  # the shipped default is compared
+    shipped = json.loads(json.dumps(vars(default_decoding("caption", max_new_tokens=3))))
+    assert shipped in grid.values()  # the shipped default is compared
     assert grid["beam 5, both penalties"] == {"num_beams": 5, "max_new_tokens": 3, "repetition_penalty": 1.2,
-                                              "length_penalty": 1.0, "no_repeat_ngram_size": 3}  # fmt: skip
+                                              "length_penalty": 1.0, "no_repeat_ngram_size": 3, **GREEDY}  # fmt: skip
     markdown = (tmp_path / "g.md").read_text()
     assert "| greedy |" in markdown and "| beam 5, both penalties |" in markdown and "tokens_per_s" in markdown

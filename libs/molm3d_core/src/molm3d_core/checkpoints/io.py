@@ -37,6 +37,7 @@ class CheckpointInfo:
     trained: bool
     path: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    created: str | None = None  # when the checkpoint was written (ISO 8601, UTC)
 
 
 def save_checkpoint(
@@ -126,6 +127,7 @@ def load_model(
             trained=bool(config.get("trained", True)),
             path=str(path),
             metadata=config.get("metadata", {}),
+            created=config.get("created"),
         )
     model.to(device=dev, dtype=torch_dtype).eval()
     return model, info

@@ -1,4 +1,5 @@
-"""Continuous batching for greedy decoding: sequences join and leave the running batch between steps.
+"""Continuous batching for greedy and sampled decoding: sequences join and leave the running batch
+between steps.
 
 Iteration-level scheduling (Orca, OSDI '22; vLLM): instead of closing a batch and decoding it until
 its longest member ends, every step decodes one token for each running sequence; a sequence that ends
@@ -7,13 +8,21 @@ prompt is prefilled. The running batch is left-padded: a joining prefill's KV ca
 batch's length and concatenated along the batch dimension, and the columns only padding uses are
 trimmed when the sequences that needed them leave.
 
-Greedy only (beam search stays with transformers' `generate`). The tokens are those of
+Greedy and sampling (beam search stays with transformers' `generate`). Greedy tokens are those of
 `generate(do_sample=False)` with the same options: the repetition penalty and the n-gram block see
 the generated tokens only (the prompt enters as embeddings), and `<mol>` is never generated.
+Sampling (temperature > 0) applies the same processors, then transformers' temperature and top-p
+warpers, and draws from the sequence's own `torch.Generator`, reseeded for each token from the
+sequence's seed and the token's index: a sequence's tokens do not depend on its batch neighbours, on
+when it joined, or on a prefill that failed and was retried (up to float noise in the logits).
+
+A sequence with stop strings ends as soon as its text contains one (finish_reason "stop"): its tokens
+are decoded after each step, only for such sequences (`decoding.py` says how they are matched).
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn import functional as F
 
-from ..decoding import DecodingOptions
+from ..decoding import DecodingOptions, find_stop, step_seed
 
 if TYPE_CHECKING:
     from .lm import Generation, MolLM
@@ -36,9 +45,17 @@ class Sequence:
     decoding: DecodingOptions
     on_token: Callable[[Sequence], None] | None = None  # after each new token (streaming); decoder thread
     tokens: list[int] = field(default_factory=list)
-    finish_reason: str | None = None  # "eos" | "length" | "cancelled"
+    finish_reason: str | None = None  # "eos" | "length" | "stop" | "cancelled"
+    # Sampling: the seed of this sequence's draws. None: decoding.seed, or a fresh random one without it
+    # (set at creation, so a retried prefill draws the same tokens).
+    seed: int | None = None
     # (n-1)-gram prefix -> tokens that followed it, for the n-gram block
     _ngrams: dict[tuple[int, ...], set[int]] = field(default_factory=dict, repr=False)
+    _rng: torch.Generator | None = field(default=None, init=False, repr=False)  # created at the first draw
+
+    def __post_init__(self) -> None:
+        if self.seed is None:
+            self.seed = self.decoding.seed if self.decoding.seed is not None else secrets.randbits(63)
 
     @property
     def done(self) -> bool:
@@ -94,8 +111,8 @@ class ContinuousDecoder:
     @torch.no_grad()
     def add(self, seqs: list[Sequence]) -> list[Sequence]:
         """Prefill `seqs` (at most `free_slots`) as one batch and pick each one's first token; those not
-        already finished join the running batch. Returns the ones that finished (a first token of EOS,
-        or a limit of one token)."""
+        already finished join the running batch. Returns the ones that finished (a first token of EOS or
+        with a stop string, or a limit of one token)."""
         if not seqs:
             return []
         if len(seqs) > self.free_slots:
@@ -126,7 +143,7 @@ class ContinuousDecoder:
     @torch.no_grad()
     def step(self) -> list[Sequence]:
         """One new token for every running sequence. Returns the sequences that finished (EOS, their
-        limit, or cancelled), which have left the batch."""
+        limit, a stop string, or cancelled), which have left the batch."""
         gone = [i for i, s in enumerate(self.running) if s.done]  # cancelled since the last step
         cancelled = [self.running[i] for i in gone]
         self._retire(gone)
@@ -156,7 +173,8 @@ class ContinuousDecoder:
     # -- internals ------------------------------------------------------------------------------------
 
     def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        """Greedy next tokens (B,) after the penalties, as transformers' logits processors apply them."""
+        """Next tokens (B,) after the penalties, as transformers' logits processors apply them: the best
+        one (greedy), or a draw for the rows that sample."""
         scores = logits.float()  # generate scores in float32 too
         scores[:, self.mol_token_id] = -torch.inf
         for i, s in enumerate(seqs):
@@ -168,7 +186,20 @@ class ContinuousDecoder:
             banned = s.banned()
             if banned:
                 scores[i, list(banned)] = -torch.inf
-        return scores.argmax(-1)
+        tokens = scores.argmax(-1)
+        for i, s in enumerate(seqs):
+            if s.decoding.sampling:
+                tokens[i] = self._sample(scores[i], s)
+        return tokens
+
+    @staticmethod
+    def _sample(scores: torch.Tensor, s: Sequence) -> torch.Tensor:
+        """One draw from (V,) processed scores, from the sequence's generator seeded for this token."""
+        probs = sampling_probs(scores, s.decoding.temperature, s.decoding.top_p)
+        if s._rng is None or s._rng.device != probs.device:
+            s._rng = torch.Generator(device=probs.device)
+        s._rng.manual_seed(step_seed(s.seed, len(s.tokens)))
+        return torch.multinomial(probs, 1, generator=s._rng)[0]
 
     def _advance(self, seqs: list[Sequence], tokens: torch.Tensor) -> list[int]:
         """Append each row's token; the indices of the rows still running."""
@@ -179,6 +210,8 @@ class ContinuousDecoder:
             s._append(token)
             if token == self.eos:
                 s.finish_reason = "eos"
+            elif s.decoding.stop and find_stop(self.lm.answer_text(s.tokens), s.decoding.stop) >= 0:
+                s.finish_reason = "stop"
             elif len(s.tokens) >= s.decoding.max_new_tokens:
                 s.finish_reason = "length"
             if s.on_token is not None:
@@ -224,6 +257,20 @@ class ContinuousDecoder:
             for layer in self._cache.layers:
                 layer.keys, layer.values = layer.keys[..., unused:, :], layer.values[..., unused:, :]
             self._mask = self._mask[:, unused:]
+
+
+def sampling_probs(scores: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """(..., V) processed scores -> the probabilities a draw uses: transformers' TemperatureLogitsWarper,
+    then TopPLogitsWarper (the smallest set of tokens whose probability reaches top_p; the best one is
+    always kept), renormalised. -inf scores (suppressed, blocked) get 0."""
+    probs = torch.softmax(scores / temperature, dim=-1)
+    if top_p < 1.0:
+        ascending, order = probs.sort(dim=-1)
+        drop = ascending.cumsum(-1) <= 1 - top_p
+        drop[..., -1] = False
+        probs = probs.scatter(-1, order, ascending.masked_fill(drop, 0.0))
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
 
 
 def decode_all(lm: MolLM, seqs: list[Sequence]) -> list[Generation]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..assets import DEFAULT_LM, resolve_asset
-from ..decoding import DecodingOptions
+from ..decoding import DecodingOptions, cut_at_stop
 from ..prompts import MOL_TOKEN
 from .continuous import Sequence, decode_all
 
@@ -49,7 +49,9 @@ class LMConfig:
 class Generation:
     text: str
     num_tokens: int  # generated tokens, EOS included
-    finish_reason: str  # "eos" (the model stopped) or "length" (max_new_tokens reached)
+    # "eos" (the model stopped), "length" (max_new_tokens reached), "stop" (a stop string: the text ends
+    # before it) or "cancelled" (the caller gave up)
+    finish_reason: str
 
 
 @dataclass
@@ -153,7 +155,8 @@ class MolLM(nn.Module):
     # 2. splicing -------------------------------------------------------------------------------------
 
     def embed(self, input_ids: torch.Tensor, mol_embeds: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings with `<mol>` positions overwritten by mol_embeds (B_mol, Q, H) in order."""
+        """Token embeddings with `<mol>` positions overwritten by mol_embeds (B_mol, Q, H) in order:
+        B_mol counts molecules, not prompts (a prompt may hold 0, 1 or more); None for none."""
         embeds = self.model.get_input_embeddings()(input_ids)  # (B, T, H)
         placeholder = input_ids.eq(self.mol_token_id)
         n_slots = int(placeholder.sum())
@@ -184,26 +187,38 @@ class MolLM(nn.Module):
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
 
     def prompt_embeds(self, prompts: list[str], mol_embeds: torch.Tensor | None) -> list[torch.Tensor]:
-        """Each prompt's embeddings (T_i, H), molecule tokens spliced in, without padding."""
+        """Each prompt's embeddings (T_i, H), molecule tokens spliced in, without padding. mol_embeds
+        (n_molecules, Q, H): every prompt's molecules, in order (None when there are none)."""
         batch = self.tokenize(prompts)
         device = self.model.device
         embeds = self.embed(batch.input_ids.to(device), mol_embeds)
         mask = batch.attention_mask.to(device).bool()
         return [embeds[i, mask[i]] for i in range(len(prompts))]
 
+    def answer_text(self, ids: list[int]) -> str:
+        """Generated token ids as the answer reads: special tokens skipped, leading whitespace stripped.
+        Stop strings are matched in this text."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+
     def generation(self, seq: Sequence) -> Generation:
-        """The text of a decoded sequence, up to its EOS."""
+        """The text of a decoded sequence, up to its EOS and before its first stop string, stripped."""
         eos = self.tokenizer.eos_token_id
         ids = seq.tokens[: seq.tokens.index(eos) + 1] if eos in seq.tokens else seq.tokens
-        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-        return Generation(text, len(ids), "eos" if eos in ids else (seq.finish_reason or "length"))
+        text = self.answer_text(ids)
+        reason = "eos" if eos in ids else (seq.finish_reason or "length")
+        if seq.decoding.stop and (cut := cut_at_stop(text, seq.decoding.stop)) is not None:
+            text, reason = cut, "stop"
+        return Generation(text.strip(), len(ids), reason)
 
     @torch.no_grad()
     def generate(
         self, prompts: list[str], mol_embeds: torch.Tensor | None, decoding: DecodingOptions
     ) -> list[Generation]:
-        """Decode every prompt. Greedy runs as one continuous batch (`continuous.py`, the path the LM stage
-        serves); beam search through transformers' `generate` on a left-padded batch."""
+        """Decode every prompt. Greedy and sampling run as one continuous batch (`continuous.py`, the path
+        the LM stage serves); beam search through transformers' `generate` on a left-padded batch.
+
+        Beam search knows no stop strings: they apply after the fact (the text ends before the first
+        one, finish_reason "stop", num_tokens counts every token the beams generated)."""
         if decoding.num_beams == 1:
             return decode_all(self, [Sequence(e, decoding) for e in self.prompt_embeds(prompts, mol_embeds)])
         batch = self.tokenize(prompts)

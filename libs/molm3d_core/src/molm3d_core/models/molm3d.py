@@ -9,6 +9,7 @@ them in at the prompt's `<mol>` placeholders.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,10 +261,22 @@ class MoLM3D(nn.Module):
 
     # 3. generation ----------------------------------------------------------------------------------
 
-    def prompt(self, instruction: str, smiles: str) -> str:
+    def prompt(
+        self,
+        instruction: str,
+        smiles: str | Sequence[str],
+        *,
+        history: Sequence[tuple[str, str]] = (),
+        system: str = "",
+    ) -> str:
+        """This model's prompt (`build_prompt` with its template, query tokens and SMILES limit): one
+        molecule's SMILES or a list of 0, 1 or more, earlier (question, answer) turns, a system line.
+        The LM then takes molecule tokens of shape (n_molecules, Q, H), in the list's order."""
         c = self.config
         n_mol = self.num_query_tokens if c.molecule_tokens else 0
-        return build_prompt(c.prompt_template, instruction, smiles, n_mol, c.max_smiles_chars)
+        return build_prompt(
+            c.prompt_template, instruction, smiles, n_mol, c.max_smiles_chars, history=history, system=system
+        )
 
     def generate(
         self,
