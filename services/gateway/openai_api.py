@@ -112,10 +112,10 @@ class OpenAIRoutes:
         self._checkpoint: dict[str, Any] | None = None
         self._checkpoint_at = 0.0
 
-    async def checkpoint(self) -> dict[str, Any]:
-        """The LM stage's description of its checkpoint (cached for MODEL_CACHE_S)."""
+    async def checkpoint(self, timeout_s: float) -> dict[str, Any]:
+        """The LM stage's description of its checkpoint (cached for MODEL_CACHE_S), within the call's deadline."""
         if self._checkpoint is None or time.monotonic() - self._checkpoint_at > MODEL_CACHE_S:
-            self._checkpoint = await self.gateway.handles["lm"].checkpoint.remote()
+            self._checkpoint = await asyncio.wait_for(self.gateway.handles["lm"].checkpoint.remote(), timeout_s)
             self._checkpoint_at = time.monotonic()
         return self._checkpoint
 
@@ -128,8 +128,8 @@ class OpenAIRoutes:
             "molm3d": checkpoint,
         }
 
-    async def _check_model(self, model: str) -> dict[str, Any]:
-        checkpoint = await self.checkpoint()
+    async def _check_model(self, model: str, timeout_s: float) -> dict[str, Any]:
+        checkpoint = await self.checkpoint(timeout_s)
         if model != checkpoint["model_id"]:
             raise ApiError(
                 f"the model `{model}` does not exist; this server serves `{checkpoint['model_id']}`",
@@ -155,7 +155,7 @@ class OpenAIRoutes:
                 context = HttpCallContext(request.headers)
                 check_grpc(context, gateway.token, gateway.stage)
                 if name == "Models":
-                    return await self.models(path)
+                    return await self.models(path, gateway._timeout(context))
                 raw = await request.body()
                 try:
                     body = json.loads(raw or b"null")
@@ -175,8 +175,8 @@ class OpenAIRoutes:
                 status, body, headers = _service_error_body(err, getattr(exc, "openai_param", None))
                 return JSONResponse(body, status_code=status, headers=headers)
 
-    async def models(self, path: str) -> Response:
-        checkpoint = await self.checkpoint()
+    async def models(self, path: str, timeout_s: float) -> Response:
+        checkpoint = await self.checkpoint(timeout_s)
         model = self._model_object(checkpoint)
         if path == "/v1/models":
             return JSONResponse({"object": "list", "data": [model]})
@@ -191,7 +191,7 @@ class OpenAIRoutes:
         from .deployment import _request_id, task_decoding
 
         chat = parse_chat(body)
-        await self._check_model(chat.model)
+        await self._check_model(chat.model, timeout_s)
         if body.get("user"):
             log.info("chat completion for user %r", body["user"])
         try:
@@ -323,7 +323,7 @@ class OpenAIRoutes:
         from .deployment import _request_id
 
         model, fmt, queries = parse_embeddings(body)
-        await self._check_model(model)
+        await self._check_model(model, timeout_s)
 
         async def one(query: common_pb2.MoleculeInput | str) -> tuple[np.ndarray, int, dict[str, Any]]:
             if isinstance(query, str):

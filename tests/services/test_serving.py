@@ -155,7 +155,7 @@ def test_calls_get_their_task_default_where_the_request_leaves_a_field_unset():
     ask = task_decoding(common_pb2.DecodingOptions(), "ask")
     assert ask.repetition_penalty == 1.0 and ask.max_new_tokens == 64 and ask.HasField("no_repeat_ngram_size")
     given = common_pb2.DecodingOptions(max_new_tokens=7, num_beams=1, repetition_penalty=1.05, length_penalty=0.5,
-                                       no_repeat_ngram_size=0)  # fmt: skip
+                                       no_repeat_ngram_size=0, temperature=0.7, top_p=0.9, seed=3)  # fmt: skip
     assert task_decoding(given, "caption") == given
 
 
