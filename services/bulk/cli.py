@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import json
 import signal
 import sys
 import threading
@@ -14,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-OUTPUT_FORMATS = ("jsonl", "csv", "sdf")
+from .outputs import OUTPUT_FORMATS
 
 
 def add_bulk_parser(sub: argparse._SubParsersAction) -> None:
@@ -163,38 +161,10 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def _write(rows: list[dict[str, Any]], path: str, fmt: str) -> None:
+    from .outputs import write_rows
+
     with open(path, "w", newline="") as out:
-        if fmt == "jsonl":
-            for row in rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        elif fmt == "csv":
-            columns = list(dict.fromkeys(k for row in rows for k in row))
-            writer = csv.DictWriter(out, fieldnames=columns)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in row.items()})
-        else:
-            _write_sdf(rows, out)
-
-
-def _write_sdf(rows: list[dict[str, Any]], out: Any) -> None:
-    """One molecule per answered item (2D depiction from its SMILES) with the answer as SD fields. An SD
-    field ends at a blank line, so text values are written on one line (whitespace runs -> one space)."""
-    from rdkit import Chem
-
-    writer = Chem.SDWriter(out)
-    for row in rows:
-        mol = Chem.MolFromSmiles(row["smiles"])
-        if mol is None:
-            continue
-        mol.SetProp("_Name", str(row.get("record_id") or ""))
-        for key, value in row.items():
-            if value is None or key == "smiles":
-                continue
-            text = json.dumps(value) if isinstance(value, list | dict) else str(value)
-            mol.SetProp(key, " ".join(text.split()))
-        writer.write(mol)
-    writer.close()
+        write_rows(rows, out, fmt)
 
 
 @_kafka_errors

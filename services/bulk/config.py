@@ -1,15 +1,18 @@
 """Kafka settings of the bulk path: broker addresses, security and topic names.
 
 One place: `KafkaSettings.from_env()` reads MOLM3D_KAFKA_* variables (what k8s sets from Secrets),
-and the bulk worker's `user_config` in serve.yaml / `--kafka` override them field by field.
+and the `kafka` mapping of a deployment's `user_config` (`WithKafka`: the bulk worker's, and the
+gateway's, which submits and reads jobs over HTTP) in serve.yaml / `--kafka` overrides them field by field.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
+
+from ..common.settings import Settings
 
 ENV_PREFIX = "MOLM3D_KAFKA_"
 
@@ -69,6 +72,20 @@ class KafkaSettings:
     def public(self) -> dict[str, Any]:
         """The settings without the password (for logs and provenance)."""
         return {k: ("***" if k == "password" and v else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class WithKafka(Settings):
+    """Deployment settings with a `kafka` user_config key: KafkaSettings fields over the MOLM3D_KAFKA_*
+    environment. A key KafkaSettings lacks fails at configuration ("<Class>: unknown Kafka setting ...")."""
+
+    kafka: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kafka_settings()
+
+    def kafka_settings(self) -> KafkaSettings:
+        return KafkaSettings.from_env(**self.kafka)
 
 
 def ensure_topics(settings: KafkaSettings) -> None:

@@ -20,19 +20,18 @@ from typing import Any, Literal
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
-from ..common.settings import Settings, setting
-from .config import KafkaSettings
+from ..common.settings import setting
+from .config import WithKafka
 from .worker import BatchOutcome, BulkWorker, HandlePipeline, WorkerOptions
 
 log = logging.getLogger("molm3d.bulk")
 
 
 @dataclass(frozen=True)
-class BulkSettings(Settings):
+class BulkSettings(WithKafka):
     """user_config of the BulkWorker deployment: `kafka` (KafkaSettings fields, over the MOLM3D_KAFKA_*
-    environment), how partitions are assigned, and the consumer loop's WorkerOptions."""
+    environment; config.WithKafka), how partitions are assigned, and the consumer loop's WorkerOptions."""
 
-    kafka: dict[str, Any] = dataclasses.field(default_factory=dict)
     assignment: Literal["replicas", "group"] = "replicas"
     max_batch: int = setting(WorkerOptions.max_batch, ge=1)
     max_in_flight_batches: int = setting(WorkerOptions.max_in_flight_batches, ge=1)
@@ -40,12 +39,6 @@ class BulkSettings(Settings):
     poll_timeout_ms: int = setting(WorkerOptions.poll_timeout_ms, ge=1)
     max_poll_interval_ms: int = setting(WorkerOptions.max_poll_interval_ms, ge=1)
     drain_timeout_s: float = setting(WorkerOptions.drain_timeout_s, ge=0)
-
-    def __post_init__(self) -> None:
-        self.kafka_settings()  # unknown Kafka keys fail here, at configuration
-
-    def kafka_settings(self) -> KafkaSettings:
-        return KafkaSettings.from_env(**self.kafka)
 
     def worker_options(self) -> WorkerOptions:
         return WorkerOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(WorkerOptions)})

@@ -9,9 +9,10 @@ delivery look exactly-once to the user.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +26,22 @@ from .config import KafkaSettings, ensure_topics
 from .worker import PRODUCER_OPTIONS
 
 MAX_JOB_ITEMS = 1_000_000
+# JobError codes (what the gateway's HTTP error body carries; the CLI shows the message only)
+INVALID_REQUEST = "invalid_request"
+EMPTY_INPUT = "empty_input"
+TOO_MANY_MOLECULES = "too_many_molecules"
 
 
 class JobError(ValueError):
-    """A job that cannot be submitted or read as asked (shown to the user as is)."""
+    """A job that cannot be submitted or read as asked (shown to the user as is), with a short `code`."""
+
+    def __init__(self, message: str, code: str = INVALID_REQUEST) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TopicMissing(JobError):
+    """The results or DLQ topic does not exist: no job has been submitted to this broker yet."""
 
 
 def new_job_id() -> str:
@@ -46,21 +59,58 @@ def submit(
     max_items: int = MAX_JOB_ITEMS,
     progress: bool = False,
 ) -> tuple[str, int]:
-    """Publish a job: JobInfo on the results topic, then one BulkItem per record on the jobs topic
-    (records that cannot even be cut out of their file go straight to the DLQ with the reason).
-    Returns (job id, item count) once the broker has acknowledged every record."""
-    from kafka import KafkaProducer
-    from tqdm import tqdm
+    """`molm3d bulk submit`: the records of files or SMILES arguments as a job (see `submit_records`)."""
+    _check_task(task, question)  # before reading any file
+    return submit_records(
+        settings,
+        split_inputs(inputs),
+        task,
+        source=", ".join(inputs),
+        question=question,
+        decoding=decoding,
+        job_id=job_id,
+        max_items=max_items,
+        progress=progress,
+    )
 
+
+def _check_task(task: str, question: str) -> None:
     if task not in messages.TASKS:
         raise JobError(f"task must be one of {messages.TASKS}, got {task!r}")
     if task == "ask" and not question.strip():
         raise JobError("task ask needs --question")
-    records = list(split_inputs(inputs))
+
+
+def submit_records(
+    settings: KafkaSettings,
+    records: Iterable[RawRecord | MoleculeError],
+    task: str,
+    *,
+    source: str,
+    question: str = "",
+    decoding: common_pb2.DecodingOptions | None = None,
+    job_id: str | None = None,
+    max_items: int = MAX_JOB_ITEMS,
+    progress: bool = False,
+) -> tuple[str, int]:
+    """Publish records cut out of the inputs (molm3d_core.chem.inputs: `split_inputs`, `split_text`) as a
+    job: JobInfo on the results topic, then one BulkItem per record on the jobs topic (records that could
+    not even be cut out go straight to the DLQ with the reason: one item each, so the job's count and
+    order hold). `source` names the inputs in the JobInfo. JobError (`code` EMPTY_INPUT,
+    TOO_MANY_MOLECULES, INVALID_REQUEST) before any connection. Returns (job id, item count) once the
+    broker has acknowledged every record."""
+    from kafka import KafkaProducer
+    from tqdm import tqdm
+
+    _check_task(task, question)
+    remaining = iter(records)
+    records = list(itertools.islice(remaining, max_items + 1))  # past the limit, the rest is only counted
     if not records:
-        raise JobError(f"no molecules in {', '.join(inputs)}")
+        raise JobError(f"no molecules in {source}", EMPTY_INPUT)
     if len(records) > max_items:
-        raise JobError(f"the job has {len(records)} molecules; the limit is {max_items} (split the file)")
+        count = len(records) + sum(1 for _ in remaining)
+        message = f"the job has {count} molecules; the limit is {max_items} (split the file)"
+        raise JobError(message, TOO_MANY_MOLECULES)
     job_id = job_id or new_job_id()
     total = len(records)
     ensure_topics(settings)
@@ -72,7 +122,7 @@ def submit(
             total=total,
             task=task,
             question=question,
-            source=", ".join(inputs),
+            source=source,
             submitted_at=messages.now(),
         )
         futures = [
@@ -177,9 +227,10 @@ class JobState:
 
 class JobReader:
     """Reads one job's records from the results and DLQ topics, incrementally (call `update` again to
-    see what arrived since)."""
+    see what arrived since). TopicMissing when a topic is still absent after `topic_wait_s` (a topic
+    just created can take a moment to appear in the metadata)."""
 
-    def __init__(self, settings: KafkaSettings, job_id: str) -> None:
+    def __init__(self, settings: KafkaSettings, job_id: str, topic_wait_s: float = 30) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
         self.settings, self.state = settings, JobState(job_id)
@@ -190,21 +241,26 @@ class JobReader:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        self.partitions = []
-        for topic in (settings.results_topic, settings.dlq_topic):
-            found = self._partitions_of(topic)
-            self.partitions.append(TopicPartition(topic, partition_for(job_id, len(found))))
-        self.consumer.assign(self.partitions)
-        self.consumer.seek_to_beginning(*self.partitions)
+        try:
+            self.partitions = []
+            for topic in (settings.results_topic, settings.dlq_topic):
+                found = self._partitions_of(topic, topic_wait_s)
+                self.partitions.append(TopicPartition(topic, partition_for(job_id, len(found))))
+            self.consumer.assign(self.partitions)
+            self.consumer.seek_to_beginning(*self.partitions)
+        except BaseException:
+            self.consumer.close()  # a reader that failed to start keeps no connection open
+            raise
 
-    def _partitions_of(self, topic: str, timeout_s: float = 30) -> list[int]:
+    def _partitions_of(self, topic: str, timeout_s: float) -> list[int]:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while True:
             found = self.consumer.partitions_for_topic(topic)
             if found:
                 return sorted(found)
+            if time.monotonic() > deadline:
+                raise TopicMissing(f"topic {topic} not found on {self.settings.bootstrap}: has any job been submitted?")
             time.sleep(0.5)
-        raise JobError(f"topic {topic} not found on {self.settings.bootstrap}: has any job been submitted?")
 
     def update(self, timeout_s: float = 120) -> JobState:
         """Read what the two partitions hold now. Done when every partition's position reaches the end

@@ -1,4 +1,5 @@
-"""Conformer stage (CPU): one molecule's text -> a 3D conformer, with an InChIKey-keyed LRU cache.
+"""Conformer stage (CPU): one molecule's text -> a 3D conformer, with an InChIKey-keyed LRU cache;
+and SMILES -> 2D drawings (SVG) for the web console (Depict).
 
 Generated conformers are cached under (InChIKey, canonical SMILES): the SMILES guards against
 standard InChI merging tautomers. Coordinates that came with the input (SDF/MOL/XYZ/PDB in 3D) are
@@ -8,18 +9,24 @@ the user's and are never cached.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from molm3d.v1 import common_pb2
+from molm3d.v1 import common_pb2, conformer_pb2
 from ray import serve
 
 from molm3d_core.chem import ConformerOptions, InputLimits, MoleculeRecord, generate_conformer, parse_text
+from molm3d_core.chem.depict import MAX_SIZE, MIN_SIZE, depict_svg
 from molm3d_core.errors import MoleculeError
 
 from ..common.settings import StageSettings, setting
 from ..common.stage import Stage, invalid_request, rpc
+
+MAX_DEPICT_SMILES = 100  # per Depict request: a page of search hits
+DEPICT_SIZE = (240, 180)  # pixels, when the request leaves width / height at 0
+log = logging.getLogger("ray.serve")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,29 @@ def parse_one(molecule: common_pb2.MoleculeInput, limits: InputLimits) -> Molecu
     if rid:
         result.record_id = rid
     return result
+
+
+def depict_size(request: conformer_pb2.DepictRequest) -> tuple[int, int]:
+    """The request's (width, height), 0 meaning the default; MoleculeError for a side out of range."""
+    size = []
+    for name, value, default in (("width", request.width, DEPICT_SIZE[0]), ("height", request.height, DEPICT_SIZE[1])):
+        value = value or default
+        if not MIN_SIZE <= value <= MAX_SIZE:
+            raise invalid_request(f"{name} must be in {MIN_SIZE}..{MAX_SIZE} pixels, got {value}")
+        size.append(value)
+    return size[0], size[1]
+
+
+def depict_or_empty(smiles: str, width: int, height: int, limits: InputLimits) -> str:
+    """The SVG of one SMILES, or "" when it cannot be drawn: one bad SMILES (a search hit, a typo)
+    must not cost the page its other drawings."""
+    try:
+        return depict_svg(smiles, width, height, limits=limits)
+    except MoleculeError:
+        return ""
+    except Exception:  # RDKit failing on a molecule it parsed: that drawing only, logged
+        log.warning("conformer: could not draw a SMILES of %d characters", len(smiles), exc_info=True)
+        return ""
 
 
 def conformer_message(record: MoleculeRecord, conformer: Any) -> common_pb2.Conformer:
@@ -113,6 +143,18 @@ class ConformerStage(Stage):
         record = parse_one(request, self.limits)
         # RDKit work off the event loop, so health checks and queued requests are still answered.
         return await asyncio.to_thread(self._generate, record)
+
+    @rpc
+    async def Depict(
+        self, request: conformer_pb2.DepictRequest, grpc_context: Any = None
+    ) -> conformer_pb2.DepictResult:
+        if len(request.smiles) > MAX_DEPICT_SMILES:
+            raise invalid_request(f"got {len(request.smiles)} SMILES; the limit is {MAX_DEPICT_SMILES}")
+        width, height = depict_size(request)
+        smiles, limits = list(request.smiles), self.limits
+        # RDKit drawing is CPU work: off the event loop, as Generate's.
+        svgs = await asyncio.to_thread(lambda: [depict_or_empty(s, width, height, limits) for s in smiles])
+        return conformer_pb2.DepictResult(svgs=svgs)
 
     async def ready(self) -> bool:
         return True

@@ -1,4 +1,5 @@
-"""Encoder stage (small GPU): conformer -> Uni-Mol -> Q-Former -> molecule tokens + retrieval embedding.
+"""Encoder stage (small GPU): conformer -> Uni-Mol -> Q-Former -> molecule tokens + retrieval embedding;
+conformer -> Uni-Mol -> property heads -> values in units (PredictProperties, for the web console).
 
 Concurrent requests are batched (`@serve.batch`); the LM's weights are never loaded here.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,13 +17,50 @@ from ray import serve
 
 from molm3d_core.chem import MoleculeFeatures, collate, featurize_atoms
 from molm3d_core.errors import MoleculeError
+from molm3d_core.targets import TARGETS
 
 from ..common.model import ModelSettings, ModelStage
 from ..common.settings import setting
 from ..common.stage import invalid_request, rpc
 from ..common.tensors import to_proto
 
+if TYPE_CHECKING:
+    from molm3d_core.models import MoLM3D
+
 MAX_TEXT_CHARS = 4_000
+
+
+def heads_trained(model: MoLM3D) -> bool:
+    """Whether the model's property heads give values in units (stage 0 set their statistics)."""
+    return model.property_head is not None and model.property_head.trained
+
+
+@torch.no_grad()
+def property_values(model: MoLM3D, features: list[MoleculeFeatures], model_id: str) -> list[encoder_pb2.PropertyValues]:
+    """The property heads' values of each molecule, one PropertyValue per head target in the heads' order
+    (the numbers `molm3d predict` gives: the library's `predict_properties`); trained=False and no values
+    when the heads are missing or were never trained, whose outputs mean nothing."""
+    if not heads_trained(model) or not features:
+        return [encoder_pb2.PropertyValues(trained=False, model_id=model_id) for _ in features]
+    names = model.property_head.targets
+    predicted = model.predict_properties(collate(features))  # name -> (B,) float64 in the target's unit
+    columns = {name: predicted[name].cpu().tolist() for name in names}
+    return [
+        encoder_pb2.PropertyValues(
+            values=[
+                encoder_pb2.PropertyValue(
+                    name=name,
+                    value=columns[name][i],
+                    unit=TARGETS[name].unit or "",
+                    description=TARGETS[name].description,
+                )
+                for name in names
+            ],
+            trained=True,
+            model_id=model_id,
+        )
+        for i in range(len(features))
+    ]
 
 
 @dataclass(frozen=True)
@@ -46,11 +84,11 @@ class EncoderStage(ModelStage):
         self._configure_model(s)
         self._encode_batch.set_max_batch_size(s.max_batch_size)
         self._encode_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+        self._predict_batch.set_max_batch_size(s.max_batch_size)
+        self._predict_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
 
-    @rpc
-    async def Encode(
-        self, request: encoder_pb2.EncodeRequest, grpc_context: Any = None
-    ) -> encoder_pb2.MoleculeEncoding:
+    def _features(self, request: encoder_pb2.EncodeRequest) -> MoleculeFeatures:
+        """The encoder's inputs for the request's conformer; MoleculeError (naming it) when it has none."""
         c = request.conformer
         if not c.elements:
             raise invalid_request("conformer has no atoms", c.record_id)
@@ -60,10 +98,16 @@ class EncoderStage(ModelStage):
             )
         coords = np.asarray(c.coordinates, dtype=np.float32).reshape(-1, 3)
         try:
-            features = featurize_atoms(list(c.elements), coords, max_atoms=self.model.config.max_atoms)
+            return featurize_atoms(list(c.elements), coords, max_atoms=self.model.config.max_atoms)
         except MoleculeError as err:
             raise err.with_record(c.record_id) from None
-        tokens, embedding = await self._encode_batch(features)
+
+    @rpc
+    async def Encode(
+        self, request: encoder_pb2.EncodeRequest, grpc_context: Any = None
+    ) -> encoder_pb2.MoleculeEncoding:
+        c = request.conformer
+        tokens, embedding = await self._encode_batch(self._features(request))
         return encoder_pb2.MoleculeEncoding(
             record_id=c.record_id,
             molecule_tokens=to_proto(tokens),
@@ -82,6 +126,25 @@ class EncoderStage(ModelStage):
     def _encode(self, items: list[MoleculeFeatures]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         tokens, embeddings = self.model.encode_molecules(collate(items))  # (B, Q, H_lm), (B, Q, E)
         return list(zip(tokens.cpu(), embeddings.float().cpu(), strict=True))
+
+    @rpc
+    async def PredictProperties(
+        self, request: encoder_pb2.EncodeRequest, grpc_context: Any = None
+    ) -> encoder_pb2.PropertyValues:
+        features = self._features(request)  # checked even when there is nothing to predict
+        if heads_trained(self.model):
+            values = await self._predict_batch(features)
+        else:
+            (values,) = property_values(self.model, [features], self.info.model_id)  # no model call to batch
+        values.record_id = request.conformer.record_id
+        return values
+
+    @serve.batch(
+        max_batch_size=EncoderSettings.max_batch_size, batch_wait_timeout_s=EncoderSettings.batch_wait_timeout_s
+    )
+    async def _predict_batch(self, items: list[MoleculeFeatures]) -> list[encoder_pb2.PropertyValues]:
+        self.metrics.batch(len(items))
+        return await asyncio.to_thread(property_values, self.model, items, self.info.model_id)
 
     @rpc
     async def EncodeText(

@@ -29,6 +29,7 @@ from ray.serve.handle import DeploymentHandle
 
 from molm3d_core.prompts import CAPTION_INSTRUCTION, parse_number
 
+from ..bulk.config import WithKafka
 from ..common.decoding import decoding_proto, resolve_decoding
 from ..common.errors import ServiceError
 from ..common.grpc_decode import Undecodable
@@ -73,8 +74,9 @@ def _request_id() -> str:
 
 
 @dataclass(frozen=True)
-class GatewaySettings(StageSettings):
-    """user_config of the Gateway deployment."""
+class GatewaySettings(StageSettings, WithKafka):
+    """user_config of the Gateway deployment. `kafka`: the broker its HTTP bulk routes submit jobs to and
+    read them from (bulk_api.py; config.WithKafka): `molm3d serve --kafka` sets the bulk workers' broker."""
 
     request_timeout_s: float = setting(120.0, gt=0)  # a call's deadline, unless the caller asks for less
     admission_margin: float = setting(0.8, gt=0, le=1)  # admit when the predicted answer time <= this x deadline

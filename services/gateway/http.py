@@ -5,6 +5,9 @@ GET  /v1/health/ready                200 once every stage answers, else 503
 POST /v1/caption | /v1/ask | /v1/embed | /v1/retrieve   Caption/Ask/Embed/RetrieveRequest -> JSON
 POST /v1/caption:stream | /v1/ask:stream         NDJSON lines of AnswerChunk
 POST /v1/chat/completions, GET /v1/models, POST /v1/embeddings   OpenAI-compatible (openai_api.py)
+GET  /ui, /ui/<file>                 the web console's files (ui.py)
+POST /v1/molecule, /v1/depict        the console's conformer, depiction and property values (console_api.py)
+POST /v1/bulk/jobs, GET /v1/bulk/jobs/{id}[/results]   bulk jobs over HTTP (bulk_api.py)
 Headers: `authorization: Bearer <token>` when a token is configured; `x-molm3d-timeout-ms`.
 
 The body is read as JSON whatever its Content-Type. Every failure is a JSON body
@@ -46,6 +49,8 @@ _ROUTES = {
 
 
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/models", "/v1/embeddings")  # openai_api.py
+CONSOLE_ROUTES = ("/v1/molecule", "/v1/depict")  # console_api.py
+BULK_PREFIX = "/v1/bulk/jobs"  # bulk_api.py
 
 
 class HttpCallContext:
@@ -134,6 +139,18 @@ async def handle_http(gateway: Any, request: Request) -> Response:
         )
     if path in OPENAI_ROUTES or path.startswith("/v1/models/"):
         return await gateway.openai.handle(request, path)
+    if path == "/ui" or path.startswith("/ui/"):
+        from .ui import handle_ui
+
+        return await handle_ui(gateway, request, path)
+    if path in CONSOLE_ROUTES or any(path.startswith(route + "/") for route in CONSOLE_ROUTES):
+        from .console_api import handle_console  # (imports this module)
+
+        return await handle_console(gateway, request, path)
+    if path == BULK_PREFIX or path.startswith(BULK_PREFIX + "/"):
+        from .bulk_api import handle_bulk
+
+        return await handle_bulk(gateway, request, path)
     if path not in _ROUTES:
         return JSONResponse(
             {"error": {"status": "NOT_FOUND", "code": "not_found", "message": f"no route {request.method} {path}"}},

@@ -286,16 +286,23 @@ def test_kafka_users_have_least_privilege_acls(rendered, overlay):
         ("topic", "molm3d.dlq", "literal", "Write"),
         ("topic", "molm3d.dlq", "literal", "Describe"),
     }
-    assert acls("molm3d-submitter") == {
+    # Submitting writes the job's items (jobs), its JobInfo (results) and the records that cannot be cut
+    # out of the input (dlq); reading a job reads results and dlq (jobs.py: submit_records, JobReader).
+    submit_and_read = {
         ("topic", "molm3d.jobs", "literal", "Write"),
         ("topic", "molm3d.jobs", "literal", "Describe"),
         ("topic", "molm3d.results", "literal", "Read"),
+        ("topic", "molm3d.results", "literal", "Write"),
         ("topic", "molm3d.results", "literal", "Describe"),
         ("topic", "molm3d.dlq", "literal", "Read"),
+        ("topic", "molm3d.dlq", "literal", "Write"),
         ("topic", "molm3d.dlq", "literal", "Describe"),
+    }
+    assert acls("molm3d-submitter") == submit_and_read | {
         ("group", "molm3d-fetch-", "prefix", "Read"),
         ("group", "molm3d-fetch-", "prefix", "Describe"),
     }
+    assert acls("molm3d-gateway") == submit_and_read  # its JobReaders use no consumer group
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -341,6 +348,29 @@ def test_bulk_workers_scale_on_lag_within_the_partition_count(rendered, overlay)
     assert auth["spec"]["env"] == [
         {"parameter": "username", "name": "MOLM3D_KAFKA_USERNAME", "containerName": container["name"]}
     ]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_ray_pod_reaches_the_bulk_workers_kafka_as_the_gateway_user(rendered, overlay):
+    """The gateway's HTTP bulk routes (in whichever Ray pod its replica lands) use the broker, security
+    and CA of the bulk workers, as their own KafkaUser."""
+    objects = rendered[overlay]
+    worker = one(objects, "Deployment", "molm3d-bulk-worker")
+    (worker_container,) = worker["spec"]["template"]["spec"]["containers"]
+    worker_env = env_of(worker_container)
+    shared = ("MOLM3D_KAFKA_BOOTSTRAP", "MOLM3D_KAFKA_SECURITY_PROTOCOL", "MOLM3D_KAFKA_SASL_MECHANISM")
+    volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
+    for group, template in ray_pod_templates(one(objects, "RayService")).items():
+        (container,) = template["spec"]["containers"]
+        env = env_of(container)
+        assert {k: env.get(k) for k in shared} == {k: worker_env[k] for k in shared}, group
+        assert env["MOLM3D_KAFKA_USERNAME"] == "molm3d-gateway", group
+        assert env["MOLM3D_KAFKA_PASSWORD"]["secretKeyRef"] == {"name": "molm3d-gateway", "key": "password"}, group
+        ca_mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["kafka-ca"]
+        assert env["MOLM3D_KAFKA_SSL_CAFILE"] == f"{ca_mount}/ca.crt", group
+        ca_volume = {v["name"]: v for v in template["spec"]["volumes"]}["kafka-ca"]
+        assert ca_volume["secret"] == volumes["kafka-ca"]["secret"], group
+    assert find(objects, "KafkaUser", "molm3d-gateway")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

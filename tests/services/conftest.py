@@ -1,5 +1,6 @@
 """One real local stack for the serving tests: `molm3d serve` in a subprocess (Ray Serve, gRPC and
-HTTP on 127.0.0.1 test ports, a bearer token), with a tiny checkpoint; stopped with SIGTERM at the end."""
+HTTP on 127.0.0.1 test ports, a bearer token), with a tiny checkpoint; stopped with SIGTERM at the end.
+For the bulk tests, a local Kafka broker and a second stack on it (`broker`, `bulk_stack`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import yaml
 
 from molm3d_services.common.serve_patches import START_DELAY_ENV
 from molm3d_services.stack import local_only_ray, process_tree
-from tests.broker import alive, free_port
+from tests.broker import Broker, alive, free_port
 
 local_only_ray()  # as the test stacks run Ray: tests that attach to one with ray.init(address=...) find it
 
@@ -162,11 +163,19 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
     from molm3d_core.checkpoints import save_checkpoint
     from molm3d_core.models import MoLM3D, MoLM3DConfig
 
+    model = MoLM3D(MoLM3DConfig.preset_config("tiny")).eval()
+    # Made-up target statistics, as stage 0 sets them from data: the property heads count as trained, so
+    # the routes and pages that show their values have values, in their units, to show.
+    n = len(model.property_head.targets)
+    made_up = torch.arange(4 * n, dtype=torch.float64).reshape(4, n) / 7
+    model.property_head.set_statistics(made_up, torch.ones(4, n, dtype=torch.bool))
     folder = tmp_path_factory.mktemp("checkpoint") / "tiny"
-    save_checkpoint(MoLM3D(MoLM3DConfig.preset_config("tiny")).eval(), folder, model_id="molm3d-tiny-test")
+    save_checkpoint(model, folder, model_id="molm3d-tiny-test")
     return folder
 
 
@@ -194,9 +203,53 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, text
             stack.stop()
 
 
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory):
+    """The local Kafka broker (tests/broker.py), one for every module that uses it."""
+    b = Broker(tmp_path_factory.mktemp("kafka"))
+    b.up()
+    try:
+        yield b
+    finally:
+        b.down()
+
+
+@pytest.fixture(scope="session")  # test_bulk.py, test_bulk_http.py, test_console_ui.py: one start (~60 s)
+def bulk_stack(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, text_index: Path, broker: Broker):
+    """A second stack, `molm3d serve --kafka` on `broker`: bulk workers beside the stages, and the
+    gateway's bulk routes on the same broker."""
+    kafka = {"bootstrap": broker.bootstrap, "session_timeout_ms": 6000}
+    stack = Stack(
+        tmp_path_factory.mktemp("serve-bulk"),
+        tiny_checkpoint,
+        text_index,
+        kafka=broker.bootstrap,
+        deployments={
+            "Conformer": {"user_config": {"cache_size": 1000, "max_heavy_atoms": 60}},
+            "Encoder": {"user_config": {"batch_wait_timeout_s": 0.05}},
+            "LM": {"user_config": {"max_batch_size": 16}},
+            "BulkWorker": {"user_config": {"kafka": kafka, "max_batch": 8, "max_in_flight_batches": 2}},
+        },
+    )
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        if stack.proc.poll() is None:
+            stack.stop()
+
+
+def _order(item: pytest.Item) -> int:
+    """0: most tests; 1: those on `bulk_stack`, together (once started it lives to the session's end,
+    beside `served`: two Ray stacks on one machine, so it starts as late as possible); 2: the test that
+    stops the shared stack, after every other test that uses it."""
+    if item.get_closest_marker("stops_stack") is not None:
+        return 2
+    return 1 if "bulk_stack" in getattr(item, "fixturenames", ()) else 0
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The test that stops the shared stack runs after every other test that uses it."""
-    items.sort(key=lambda item: item.get_closest_marker("stops_stack") is not None)
+    items.sort(key=_order)  # stable: each group keeps the collection order
 
 
 def pytest_configure(config: pytest.Config) -> None:

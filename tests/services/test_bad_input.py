@@ -24,7 +24,7 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
-from molm3d.v1 import common_pb2, encoder_pb2, gateway_pb2, lm_pb2, retrieval_pb2
+from molm3d.v1 import common_pb2, conformer_pb2, encoder_pb2, gateway_pb2, lm_pb2, retrieval_pb2
 
 from molm3d_services.common.errors import error_detail
 from tests.helpers import ETHANOL_MOLBLOCK
@@ -348,6 +348,8 @@ INNER = [  # (path, app, request, streaming, LM)
     ("/molm3d.v1.RetrievalService/Search", "retrieval", retrieval_pb2.SearchRequest(), False, False),
     ("/molm3d.v1.LMService/Generate", "lm", lm_pb2.GenerateRequest(instruction="x"), False, True),
     ("/molm3d.v1.LMService/GenerateStream", "lm", lm_pb2.GenerateRequest(instruction="x"), True, True),
+    ("/molm3d.v1.ConformerService/Depict", "conformer", conformer_pb2.DepictRequest(smiles=["CCO"]), False, False),
+    ("/molm3d.v1.EncoderService/PredictProperties", "encoder", encoder_pb2.EncodeRequest(), False, False),
 ]
 
 
@@ -417,6 +419,11 @@ def routing_cases() -> list[Case]:
         ("/grpc.health.v1.Health/Watch", "gateway", check, True, "does not serve"),
         ("/grpc.health.v1.Health/Check", "encoder", check, False, "does not serve"),
         ("/grpc.health.v1.Health/Check", "retrieval", check, False, "does not serve"),
+        ("/molm3d.v1.ConformerService/Depict", "gateway", conformer_pb2.DepictRequest(smiles=["CCO"]), False,
+         "does not serve"),
+        ("/molm3d.v1.ConformerService/Depict", "encoder", conformer_pb2.DepictRequest(), False, "does not serve"),
+        ("/molm3d.v1.EncoderService/PredictProperties", "conformer", encoder_pb2.EncodeRequest(), False,
+         "does not serve"),
     ]  # fmt: skip
     cases = [
         Case(f"grpc-{app}{path}", grpc_call(path, request, app, stream=stream), UNIMPLEMENTED, "unimplemented", piece)
@@ -453,7 +460,6 @@ def conformer(elements: list[str], coords: list[float]) -> encoder_pb2.EncodeReq
 def stage_cases(dims: dict[str, int]) -> list[Case]:
     """Messages that only a caller of an inner stage can send (the gateway never builds them)."""
     q, h, e = dims["query_tokens"], dims["lm_hidden"], dims["embed_dim"]
-    encode = "/molm3d.v1.EncoderService/Encode"
     encoder = [
         ("no-atoms", conformer([], []), "invalid_request", "no atoms"),
         ("coords-short", conformer(["C", "O"], [0.0] * 5), "invalid_request", "need 6 coordinates"),
@@ -464,7 +470,11 @@ def stage_cases(dims: dict[str, int]) -> list[Case]:
         ("element-empty", conformer(["C", ""], [0, 0, 0, 1.2, 0, 0]), "unsupported_element", ""),
         ("hydrogen-only", conformer(["H", "H"], [0, 0, 0, 0.7, 0, 0]), "empty_molecule", "no heavy atoms"),
     ]
-    cases = [Case(f"encoder-Encode-{n}", grpc_call(encode, r, "encoder"), INVALID, c, p) for n, r, c, p in encoder]
+    cases = [  # PredictProperties makes Encode's checks
+        Case(f"encoder-{method}-{n}", grpc_call(f"/molm3d.v1.EncoderService/{method}", r, "encoder"), INVALID, c, p)
+        for method in ("Encode", "PredictProperties")
+        for n, r, c, p in encoder
+    ]
     search = "/molm3d.v1.RetrievalService/Search"
     retrieval = [
         ("no-query", retrieval_pb2.SearchRequest(k=3), "give molecule_embedding or text_embedding"),
@@ -522,6 +532,97 @@ def stage_cases(dims: dict[str, int]) -> list[Case]:
         method = ("Generate", "GenerateStream")[i % 2]
         cases.append(Case(f"lm-{method}-{n}", grpc_call(f"/molm3d.v1.LMService/{method}", r, "lm", stream=i % 2 == 1),
                           INVALID, "invalid_request", p, lm=True))  # fmt: skip
+    return cases
+
+
+# -- the web console: POST /v1/molecule, /v1/depict and ConformerService/Depict behind them ------------
+
+# DepictRequest fields refused by the conformer stage (over gRPC, and over HTTP through the gateway)
+BAD_DEPICTS = [  # (name, fields, a piece of the message)
+    ("101-smiles", {"smiles": ["C"] * 101}, "limit is 100"),
+    ("10000-smiles", {"smiles": ["CCO"] * 10_000}, "limit is 100"),
+    ("101-bad-smiles", {"smiles": ["C1CC"] * 101}, "limit is 100"),  # counted before any is drawn
+    ("width-5", {"smiles": ["CCO"], "width": 5}, "width"),
+    ("width-15", {"smiles": ["CCO"], "width": 15}, "width"),
+    ("width-2001", {"smiles": ["CCO"], "width": 2001}, "width"),
+    ("width-negative", {"smiles": ["CCO"], "width": -1}, "width"),
+    ("width-min-int", {"smiles": ["CCO"], "width": -(2**31)}, "width"),
+    ("height-15", {"smiles": ["CCO"], "height": 15}, "height"),
+    ("height-100000", {"smiles": ["CCO"], "height": 100_000}, "height"),
+    ("height-max-int", {"smiles": ["CCO"], "height": 2**31 - 1}, "height"),
+    ("height-negative", {"smiles": [], "height": -180}, "height"),  # checked with no SMILES too
+    ("both-1", {"smiles": ["CCO"], "width": 1, "height": 1}, "width"),
+]
+DEPICT_WRONG_TYPES = [  # (body, a piece of the message): refused by the gateway's JSON parsing
+    ({"smiles": "CCO"}, "bad JSON body"),
+    ({"smiles": {"a": "CCO"}}, "bad JSON body"),
+    ({"smiles": [1, 2]}, "bad JSON body"),
+    ({"smiles": [["CCO"]]}, "bad JSON body"),
+    ({"smiles": ["CCO"], "width": "wide"}, "width"),
+    ({"smiles": ["CCO"], "width": 1.5}, "width"),
+    ({"smiles": ["CCO"], "height": 1e12}, "height"),
+    ({"smiles": ["CCO"], "height": [180]}, "height"),
+    ({"smiles": ["CCO"], "colour": "red"}, "colour"),
+    ({"molecule": {"text": "CCO"}}, "molecule"),
+]
+MOLECULE_WRONG_TYPES = [  # (body, a piece of the message)
+    ({"molecule": "CCO"}, "molecule must be a JSON object"),
+    ({"molecule": ["CCO"]}, "molecule must be a JSON object"),
+    ({"molecule": {"text": 5}}, "text"),
+    ({"molecule": {"text": "CCO", "format": 1}}, "format"),
+    ({"molecule": {"text": "CCO", "id": ["a"]}}, "id"),
+    ({"molecule": {"smiles": "CCO"}}, "smiles"),
+    ({"molecule": {"text": "CCO"}, "question": "HOMO?"}, "question"),
+    ({"smiles": ["CCO"]}, "smiles"),
+]
+
+
+def console_cases() -> list[Case]:
+    """The console's routes: bad molecules and bodies, bad depiction requests over HTTP and straight to
+    the conformer stage's Depict, and the routes' token, method, path and deadline checks."""
+    cases = []
+    for name, fmt, text, code, piece in BAD_MOLECULES:  # /v1/molecule reads the molecule as Embed does
+        body = {"molecule": {"format": fmt, "text": text, "id": "m"}}
+        cases.append(Case(f"http-molecule-{name}", http_call("/v1/molecule", body), 400, code, piece))
+    for name, body, piece in (("no-molecule", {}, "molecule text is empty"),
+                              ("empty-body", b"", "molecule text is empty"),
+                              ("blank-text", {"molecule": {"text": "  "}}, "molecule text is empty")):  # fmt: skip
+        cases.append(Case(f"http-molecule-{name}", http_call("/v1/molecule", body), 400, "invalid_request", piece))
+    for i, (body, piece) in enumerate(MOLECULE_WRONG_TYPES):
+        cases.append(Case(f"http-molecule-wrong-type-{i}", http_call("/v1/molecule", body), 400, "invalid_request",
+                          piece))  # fmt: skip
+    for name, fields, piece in BAD_DEPICTS:
+        request = conformer_pb2.DepictRequest(**fields)
+        cases += [
+            Case(f"conformer-Depict-{name}", grpc_call("/molm3d.v1.ConformerService/Depict", request, "conformer"),
+                 INVALID, "invalid_request", piece),
+            Case(f"http-depict-{name}", http_call("/v1/depict", fields), 400, "invalid_request", piece),
+        ]  # fmt: skip
+    for i, (body, piece) in enumerate(DEPICT_WRONG_TYPES):
+        cases.append(Case(f"http-depict-wrong-type-{i}", http_call("/v1/depict", body), 400, "invalid_request", piece))
+    for route in ("/v1/molecule", "/v1/depict"):
+        tag = route.rsplit("/", 1)[1]
+        for i, body in enumerate((*NOT_OBJECTS[:4], *NOT_JSON[:4], *BAD_UTF8[:2], DEEP[0])):
+            cases.append(Case(f"http-{tag}-bad-body-{i}", http_call(route, body), 400, "invalid_request", "bad JSON"))
+        for token in (None, "Bearer nope", TOKEN):  # the token before the body
+            headers = {"content-type": "application/json", **({"authorization": token} if token else {})}
+            label = "none" if token is None else repr(token.replace(TOKEN, "T"))
+            cases += [
+                Case(f"http-{tag}-token-{label}", http_call(route, {"smiles": ["CCO"]} if tag == "depict" else
+                     {"molecule": {"text": "CCO"}}, headers=headers), 401, "unauthenticated"),
+                Case(f"http-{tag}-token-{label}-bad-body", http_call(route, b"[[[", headers=headers), 401,
+                     "unauthenticated"),
+            ]  # fmt: skip
+        for method in ("GET", "PUT", "DELETE", "PATCH"):
+            cases.append(Case(f"http-{method}-{route}", http_call(route, None if method == "GET" else b"{}", method),
+                              405, "method_not_allowed"))  # fmt: skip
+        for path in (f"{route}/x", f"{route}:stream", route.upper()):
+            cases.append(Case(f"http-route-{path}", http_call(path, {}), 404, "not_found"))
+        for timeout in ("abc", "-5", "NaN"):
+            headers = {"authorization": f"Bearer {TOKEN}", "x-molm3d-timeout-ms": timeout}
+            body = {"smiles": ["CCO"]} if tag == "depict" else {"molecule": {"text": "CCO"}}
+            cases.append(Case(f"http-{tag}-timeout-{timeout!r}", http_call(route, body, headers=headers), 400,
+                              "invalid_request", "molm3d-timeout-ms"))  # fmt: skip
     return cases
 
 
@@ -637,7 +738,7 @@ def tiny_dims() -> dict[str, int]:
 
 def all_cases() -> list[Case]:
     cases = [*molecule_cases(), *decoding_cases(), *field_cases(), *auth_cases(), *undecodable_cases(),
-             *routing_cases(), *stage_cases(tiny_dims()), *http_cases()]  # fmt: skip
+             *routing_cases(), *stage_cases(tiny_dims()), *http_cases(), *console_cases()]  # fmt: skip
     ids = [c.id for c in cases]
     assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
     return cases

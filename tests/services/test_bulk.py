@@ -2,7 +2,8 @@
 stack with bulk workers (`molm3d serve --kafka`), the real CLI (`molm3d bulk ...`) and kafka-python.
 
 Crash tests kill the real processes (a worker replica, the broker) mid-job and check that `bulk fetch`
-still returns every item exactly once."""
+still returns every item exactly once. `broker` and `bulk_stack` are session fixtures (conftest.py),
+shared with test_bulk_http.py and test_console_ui.py."""
 
 from __future__ import annotations
 
@@ -17,45 +18,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 from rdkit import Chem
 
 from tests.broker import Broker
 
-from .conftest import Stack, free_port
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory):
-    b = Broker(tmp_path_factory.mktemp("kafka"))
-    b.up()
-    try:
-        yield b
-    finally:
-        b.down()
-
-
-@pytest.fixture(scope="module")
-def bulk_stack(tmp_path_factory, tiny_checkpoint, text_index, broker):
-    kafka = {"bootstrap": broker.bootstrap, "session_timeout_ms": 6000}
-    stack = Stack(
-        tmp_path_factory.mktemp("serve-bulk"),
-        tiny_checkpoint,
-        text_index,
-        kafka=broker.bootstrap,
-        deployments={
-            "Conformer": {"user_config": {"cache_size": 1000, "max_heavy_atoms": 60}},
-            "Encoder": {"user_config": {"batch_wait_timeout_s": 0.05}},
-            "LM": {"user_config": {"max_batch_size": 16}},
-            "BulkWorker": {"user_config": {"kafka": kafka, "max_batch": 8, "max_in_flight_batches": 2}},
-        },
-    )
-    try:
-        stack.wait_ready()
-        yield stack
-    finally:
-        if stack.proc.poll() is None:
-            stack.stop()
+from .conftest import free_port
 
 
 def qm9_smiles(n: int, start: int = 1000) -> list[str]:

@@ -167,3 +167,23 @@ def test_submit_refuses_oversized_jobs_and_bad_options_before_touching_kafka(tmp
         done = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
         assert message in done.stderr
+
+
+def test_submit_records_refuses_empty_oversized_and_bad_jobs_with_their_codes_before_touching_kafka():
+    """What the gateway's POST /v1/bulk/jobs maps to 400 / 413: no broker listens at port 9, and none
+    is needed to refuse these."""
+    from molm3d_core.chem.inputs import split_text
+    from molm3d_services.bulk import jobs
+
+    settings = KafkaSettings(bootstrap="127.0.0.1:9")
+    cases = [
+        ("# only a comment\n\n", "embed", {}, jobs.EMPTY_INPUT, "no molecules in a.smi"),
+        ("C\n" * 5, "embed", {"max_items": 3}, jobs.TOO_MANY_MOLECULES, "the job has 5 molecules; the limit is 3"),
+        ("CCO\n", "translate", {}, jobs.INVALID_REQUEST, "task must be one of"),
+        ("CCO\n", "ask", {"question": " "}, jobs.INVALID_REQUEST, "task ask needs"),
+    ]
+    for text, task, options, code, message in cases:
+        with pytest.raises(jobs.JobError, match=message) as caught:
+            jobs.submit_records(settings, split_text(text, "smiles", "a.smi"), task, source="a.smi", **options)
+        assert caught.value.code == code
+    assert issubclass(jobs.TopicMissing, jobs.JobError)  # the CLI shows it as any job error

@@ -453,3 +453,27 @@ def test_count_matches_read_for_mixed_inputs(tmp_path: Path) -> None:
     sdf.write_text(molblock(embedded("CCO"), "x") + "\n$$$$\n" + CORRUPT_RECORD + "\n$$$$\n")
     inputs = [str(smi), str(sdf), "CCC", "nope.pdb", str(tmp_path / "c.csv")]
     assert count_records(inputs) == len(results(inputs)) == 8
+
+
+def test_split_text_cuts_a_text_as_read_inputs_cuts_its_file(tmp_path: Path) -> None:
+    """The bulk path (`split_text` of an upload, parsed later by a worker) and `read_inputs` of the same
+    file see the same records, ids and errors."""
+    from molm3d_core.chem.inputs import RawRecord, split_inputs, split_text
+
+    text = molblock(embedded("CCO"), "ethanol") + "\n$$$$\n" + CORRUPT_RECORD + "\n$$$$\n"
+    text += molblock(embedded("CCN"), "") + "\n$$$$\n"
+    path = tmp_path / "three.sdf"
+    path.write_text(text)
+    raws = list(split_text(text, "sdf", str(path)))
+    assert raws == list(split_inputs([str(path)]))
+    assert [(r.record_id, r.fmt) for r in raws] == [("ethanol", "sdf"), ("corrupt", "sdf"), (f"{path}#3", "sdf")]
+    parsed = [item for raw in raws for item in parse_text(raw.text, raw.fmt, record_id=raw.record_id)]
+    from_file = results([str(path)])
+    assert [type(p) for p in parsed] == [type(f) for f in from_file] == [MoleculeRecord, MoleculeError, MoleculeRecord]
+    outcome = lambda r: r.smiles if isinstance(r, MoleculeRecord) else r.code  # noqa: E731
+    assert [outcome(p) for p in parsed] == [outcome(f) for f in from_file]
+    # a broken XYZ frame and an unknown format are errors in the stream, not exceptions
+    (frame, broken) = split_text("1\nfirst\nC 0 0 0\nx\n", "xyz", "m.xyz")
+    assert isinstance(frame, RawRecord) and as_error(broken).code == ErrorCode.PARSE_ERROR
+    (unknown,) = split_text("CCO", "csv", "a.csv")
+    assert as_error(unknown).code == ErrorCode.UNSUPPORTED_FORMAT and unknown.record_id == "a.csv"

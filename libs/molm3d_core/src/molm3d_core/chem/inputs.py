@@ -397,6 +397,10 @@ _SPLITTERS: dict[str, Callable[[str, str], Iterator[_Item]]] = {
 }
 
 
+def _unknown_format(fmt: str, source: str) -> MoleculeError:
+    return MoleculeError(ErrorCode.UNSUPPORTED_FORMAT, f"unknown format {fmt!r}; use {FORMATS}", source)
+
+
 def _parse_chunk(chunk: _Chunk, fmt: str, limits: InputLimits, xyz_charge: int) -> MoleculeRecord:
     if fmt == "smiles":
         return parse_smiles(chunk.text, record_id=chunk.record_id, limits=limits)
@@ -423,7 +427,7 @@ def parse_text(
     """
     source = record_id or "<text>"
     if fmt not in _SPLITTERS:
-        yield MoleculeError(ErrorCode.UNSUPPORTED_FORMAT, f"unknown format {fmt!r}; use {FORMATS}", source)
+        yield _unknown_format(fmt, source)
         return
     size = len(text.encode("utf-8"))
     if size > limits.max_input_bytes:
@@ -431,14 +435,8 @@ def parse_text(
             ErrorCode.INPUT_TOO_LARGE, f"input is {size} bytes; the limit is {limits.max_input_bytes}", source
         )
         return
-    for item in _SPLITTERS[fmt](text, source):
-        if isinstance(item, MoleculeError):
-            yield item
-            continue
-        try:
-            yield _parse_chunk(item, fmt, limits, xyz_charge)
-        except MoleculeError as exc:
-            yield exc.with_record(item.record_id)
+    for raw in split_text(text, fmt, source):
+        yield raw if isinstance(raw, MoleculeError) else _parse_raw(raw, limits, xyz_charge)
 
 
 def _read_file(path: str, limits: InputLimits) -> tuple[str, str]:
@@ -474,13 +472,7 @@ def read_inputs(
     "arg{i}" (1-based position in `inputs`). A whole-file problem yields one error and reading goes on.
     """
     for raw in split_inputs(inputs, limits=limits):
-        if isinstance(raw, MoleculeError):
-            yield raw
-            continue
-        try:
-            yield _parse_chunk(_Chunk(raw.record_id, raw.text), raw.fmt, limits, xyz_charge)
-        except MoleculeError as exc:
-            yield exc.with_record(raw.record_id)
+        yield raw if isinstance(raw, MoleculeError) else _parse_raw(raw, limits, xyz_charge)
 
 
 def count_records(inputs: Sequence[str], *, limits: InputLimits = DEFAULT_LIMITS) -> int | None:
@@ -511,10 +503,29 @@ def split_inputs(inputs: Sequence[str], *, limits: InputLimits = DEFAULT_LIMITS)
             except MoleculeError as exc:
                 yield exc
                 continue
-            for chunk in _SPLITTERS[fmt](text, item):
-                yield chunk if isinstance(chunk, MoleculeError) else RawRecord(chunk.record_id, fmt, chunk.text)
+            yield from split_text(text, fmt, item)
         elif _is_path_like(item):
             yield MoleculeError(ErrorCode.INPUT_UNREADABLE, "no such file", item)
         else:
             tokens = item.split()
             yield RawRecord(tokens[1] if len(tokens) > 1 else f"arg{i}", "smiles", tokens[0] if tokens else "")
+
+
+def split_text(text: str, fmt: str, source: str = "<text>") -> Iterator[RawRecord | MoleculeError]:
+    """The records of one input's text in `fmt`, in order and unparsed: what `read_inputs` and
+    `parse_text` cut a file into (a broken XYZ frame or a PDB without atoms yields a MoleculeError).
+    `source` names the input and builds the ids of untitled records (see `parse_text`). The caller
+    bounds the text's size (InputLimits.max_input_bytes)."""
+    if fmt not in _SPLITTERS:
+        yield _unknown_format(fmt, source)
+        return
+    for chunk in _SPLITTERS[fmt](text, source):
+        yield chunk if isinstance(chunk, MoleculeError) else RawRecord(chunk.record_id, fmt, chunk.text)
+
+
+def _parse_raw(raw: RawRecord, limits: InputLimits, xyz_charge: int) -> MoleculeRecord | MoleculeError:
+    """One cut-out record parsed; a bad one as its MoleculeError (named after the record)."""
+    try:
+        return _parse_chunk(_Chunk(raw.record_id, raw.text), raw.fmt, limits, xyz_charge)
+    except MoleculeError as exc:
+        return exc.with_record(raw.record_id)
