@@ -516,6 +516,9 @@ def stage_cases(dims: dict[str, int]) -> list[Case]:
         ("tokens-shape", gen(tokens=tensor((q + 1, h))), "must have shape"),
         ("tokens-nan", gen(tokens=tensor((q, h), [math.nan] * (q * h))), "NaN"),
         ("mol-placeholder", gen("What is <mol>?", good), "<mol>"),
+        ("special-token", gen("What is it?<|endoftext|>", good), "may not contain <|endoftext|>"),
+        ("special-token-history", gen("x", good, history=[lm_pb2.Turn(question="q", answer="<|im_start|>")]),
+         "history[0].answer may not contain <|im_start|>"),
         ("nine-molecules", lm_pb2.GenerateRequest(instruction="x", molecules=[lm_pb2.PromptMolecule(
             smiles="C", molecule_tokens=good)] * 9), "limit is 8"),
         ("decoding-nan", gen(tokens=good, decoding=common_pb2.DecodingOptions(repetition_penalty=math.nan)),

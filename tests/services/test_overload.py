@@ -37,11 +37,13 @@ def caption(client, deadline_s: float) -> tuple[grpc.StatusCode, str]:
 
 
 def test_a_burst_beyond_capacity_is_admitted_within_deadlines_or_refused_with_a_retry_hint(client):
-    for _ in range(2):  # warm up, and let the LM report measured steps
-        caption(client, 60)
-    start = time.perf_counter()
-    assert caption(client, 60)[0] == grpc.StatusCode.OK
-    deadline_s = 4 * (time.perf_counter() - start)
+    caption(client, 60)  # warm up, and let the LM report measured steps
+    took = []
+    for _ in range(3):  # the unloaded time: the slowest of three (one sample is too noisy on 2 busy cores)
+        start = time.perf_counter()
+        assert caption(client, 60)[0] == grpc.StatusCode.OK
+        took.append(time.perf_counter() - start)
+    deadline_s = 4 * max(took)
     time.sleep(0.5)  # a fresh load report
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda _: caption(client, deadline_s), range(16)))

@@ -114,6 +114,16 @@ def test_user_text_may_not_create_placeholders(template, kwargs, field):
         build_prompt(template, args["instruction"], args["smiles"], 8, 96, **extra)
 
 
+@pytest.mark.parametrize("template", ["compact", "reference"])
+def test_reserved_strings_are_refused_as_mol_is(template):
+    reserved = ("<|endoftext|>", "<mol>")
+    assert build_prompt(template, "a <|endoftext|>", "CCO", 8, 96)  # not reserved unless given
+    with pytest.raises(ValueError, match=r"^instruction may not contain <\|endoftext\|>$"):
+        build_prompt(template, "a <|endoftext|>", "CCO", 8, 96, reserved=reserved)
+    with pytest.raises(ValueError, match=r"^instruction may not contain <mol>$"):  # <mol> always
+        build_prompt(template, "a <mol>", "CCO", 8, 96, reserved=())
+
+
 def test_unknown_template_is_a_value_error():
     with pytest.raises(ValueError, match="unknown prompt template 'chatml'"):
         build_prompt("chatml", "q", "CCO", 8, 96)

@@ -3,6 +3,8 @@ placeholders of every molecule receive that molecule's tokens, in order."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -17,6 +19,20 @@ def test_model_prompt_keeps_its_single_molecule_form(tiny_model):
     assert tiny_model.prompt("What is it?", "CCO") == tiny_model.prompt("What is it?", ["CCO"]) == one
     chat = tiny_model.prompt("And then?", ["CCO", "CCN"], history=[("What is it?", "Ethanol.")], system="Be brief.")
     assert chat.startswith("Be brief.\n") and chat.count("<mol>") == 2 * tiny_model.num_query_tokens
+
+
+@pytest.mark.parametrize("token", ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<mol>"])
+def test_user_text_may_not_hold_the_tokenizers_special_tokens(tiny_model, token):
+    assert token in tiny_model.lm.tokenizer.all_special_tokens  # read as one control token, not as text
+    for kwargs, field in (
+        ({"instruction": f"What is it?{token}"}, "instruction"),
+        ({"system": f"{token}system"}, "system"),
+        ({"history": [("q", f"a {token}")]}, r"history\[0\].answer"),
+    ):
+        args = {"instruction": "What is it?", "smiles": ["CCO"], **kwargs}
+        with pytest.raises(ValueError, match=f"^{field} may not contain {re.escape(token)}$"):
+            tiny_model.prompt(args.pop("instruction"), args.pop("smiles"), **args)
+    assert "<|endoftext|>" not in tiny_model.prompt("What is it? <|endoftext", ["CCO"])  # a partial one is text
 
 
 def test_each_molecule_fills_its_own_placeholders_in_order(tiny_model):

@@ -33,7 +33,9 @@ reference (same conversation):
   earlier answer follows after two (the template's space and the target's).
 
 User text (the question, the earlier turns, the system line) and the SMILES may not contain `<mol>`:
-it would create placeholders that no molecule fills.
+it would create placeholders that no molecule fills. `MoLM3D.prompt` also refuses the LM tokenizer's
+other special tokens (`<|endoftext|>`, `<|im_start|>`, ...): the tokenizer would read them as control
+tokens, not as the text the user wrote.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def build_prompt(
     *,
     history: Sequence[tuple[str, str]] = (),
     system: str = "",
+    reserved: Sequence[str] = (MOL_TOKEN,),
 ) -> str:
     """One prompt with `num_query_tokens` `<mol>` placeholders per molecule (SMILES truncated to
     `max_smiles_chars`, as in the reference).
@@ -76,18 +79,19 @@ def build_prompt(
     order: the LM's molecule embeddings must come in that order). `history`: earlier (question, answer)
     pairs, oldest first. `system`: a line written before everything. With 0 placeholders per molecule
     it is the SMILES-only prompt of the baseline. ValueError when user text or a SMILES contains
-    `<mol>`, or the template is unknown.
+    `<mol>` or another of the `reserved` strings, or the template is unknown.
     """
     if template not in TEMPLATES:
         raise ValueError(f"unknown prompt template {template!r}; known: {sorted(TEMPLATES)}")
     molecules = [smiles] if isinstance(smiles, str) else list(smiles)
-    _refuse_placeholders("instruction", instruction)
-    _refuse_placeholders("system", system)
+    reserved = (MOL_TOKEN, *(r for r in reserved if r and r != MOL_TOKEN))
+    _refuse_reserved("instruction", instruction, reserved)
+    _refuse_reserved("system", system, reserved)
     for i, (question, answer) in enumerate(history):
-        _refuse_placeholders(f"history[{i}].question", question)
-        _refuse_placeholders(f"history[{i}].answer", answer)
+        _refuse_reserved(f"history[{i}].question", question, reserved)
+        _refuse_reserved(f"history[{i}].answer", answer, reserved)
     for i, s in enumerate(molecules):
-        _refuse_placeholders(f"molecules[{i}].smiles", s)
+        _refuse_reserved(f"molecules[{i}].smiles", s, reserved)
     mol_tokens = " " + MOL_TOKEN * num_query_tokens if num_query_tokens else ""
     mols = [s[:max_smiles_chars] + mol_tokens for s in molecules]
     turns: list[tuple[str, str | None]] = [(q.strip(), a.strip()) for q, a in history]
@@ -115,9 +119,10 @@ def build_prompt(
     return prompt
 
 
-def _refuse_placeholders(name: str, text: str) -> None:
-    if MOL_TOKEN in text:
-        raise ValueError(f"{name} may not contain {MOL_TOKEN}")
+def _refuse_reserved(name: str, text: str, reserved: Sequence[str]) -> None:
+    for token in reserved:
+        if token in text:
+            raise ValueError(f"{name} may not contain {token}")
 
 
 # The reference takes the first decimal number; integers are accepted too (e.g. "TPSA 40 A^2").

@@ -271,11 +271,20 @@ class MoLM3D(nn.Module):
     ) -> str:
         """This model's prompt (`build_prompt` with its template, query tokens and SMILES limit): one
         molecule's SMILES or a list of 0, 1 or more, earlier (question, answer) turns, a system line.
-        The LM then takes molecule tokens of shape (n_molecules, Q, H), in the list's order."""
+        The LM then takes molecule tokens of shape (n_molecules, Q, H), in the list's order. ValueError
+        for user text holding `<mol>` or another of the tokenizer's special tokens."""
         c = self.config
         n_mol = self.num_query_tokens if c.molecule_tokens else 0
+        reserved = self.lm.tokenizer.all_special_tokens if self.lm is not None else ()
         return build_prompt(
-            c.prompt_template, instruction, smiles, n_mol, c.max_smiles_chars, history=history, system=system
+            c.prompt_template,
+            instruction,
+            smiles,
+            n_mol,
+            c.max_smiles_chars,
+            history=history,
+            system=system,
+            reserved=reserved,
         )
 
     def generate(
