@@ -13,7 +13,7 @@ from molm3d.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 from molm3d_core.chem.inputs import RawRecord
 from molm3d_core.errors import MoleculeError
-from molm3d_core.results import ModelRef, Provenance, error_row, generation_outputs, ok_row
+from molm3d_core.results import ModelRef, Provenance, embedding_outputs, error_row, generation_outputs, ok_row
 
 from .common.errors import error_detail
 
@@ -78,7 +78,28 @@ def answer_row(
         warnings=list(answer.warnings),
     )
     outputs = generation_outputs(task, answer.text, answer.finish_reason, question)
-    return ok_row(task, ModelRef(answer.model_id or None), provenance, outputs, answer.request_id)
+    return ok_row(task, model_ref(answer), provenance, outputs, answer.request_id)
+
+
+def embedding_row(embedding: gateway_pb2.Embedding) -> dict[str, Any]:
+    """The row of a served embedding, as `molm3d embed` writes it (the source format is not echoed)."""
+    from .common.tensors import from_proto
+
+    provenance = Provenance(
+        record_id=embedding.record_id,
+        smiles=embedding.smiles,
+        inchikey=embedding.inchikey or None,
+        source_format=None,
+        conformer_method=embedding.conformer_method,
+        warnings=list(embedding.warnings),
+    )
+    outputs = embedding_outputs(from_proto(embedding.embedding).float().tolist())
+    return ok_row("embed", model_ref(embedding), provenance, outputs, embedding.request_id)
+
+
+def model_ref(reply: gateway_pb2.Answer | gateway_pb2.Embedding) -> ModelRef:
+    """The model a server says answered (`trained` None when it did not say)."""
+    return ModelRef(reply.model_id or None, reply.model_trained if reply.HasField("model_trained") else None)
 
 
 def run_remote(args: argparse.Namespace, records: Iterator[RawRecord | MoleculeError]) -> Iterator[dict[str, Any]]:

@@ -320,28 +320,13 @@ def wait(reader: JobReader, timeout_s: float | None = None, progress: bool = Tru
 
 
 def result_rows(state: JobState) -> Iterator[dict[str, Any]]:
-    """One row per answered item, in input order."""
-    from ..client import answer_row
-    from ..common.tensors import from_proto
+    """One row per answered item, in input order: the rows `molm3d caption | ask | embed` write."""
+    from ..client import answer_row, embedding_row
 
     for index in sorted(state.results):
         result = state.results[index]
         if result.WhichOneof("output") == "embedding":
-            e = result.embedding
-            vectors = from_proto(e.embedding).float()
-            row = {
-                "task": "embed",
-                "model_id": e.model_id,
-                "status": "ok",
-                "record_id": e.record_id,
-                "smiles": e.smiles,
-                "inchikey": e.inchikey,
-                "conformer_method": e.conformer_method,
-                "warnings": list(e.warnings),
-                "embedding_shape": list(vectors.shape),
-                "embedding": vectors.tolist(),
-                "request_id": e.request_id,
-            }
+            row = embedding_row(result.embedding)
         else:
             row = answer_row(result.task, result.answer)
             if result.task == "ask" and state.info is not None:

@@ -113,6 +113,7 @@ class EncoderStage(ModelStage):
             molecule_tokens=to_proto(tokens),
             retrieval_embedding=to_proto(embedding),
             model_id=self.info.model_id,
+            model_trained=self.info.trained,
         )
 
     @serve.batch(

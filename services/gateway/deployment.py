@@ -163,6 +163,7 @@ class GatewayStage(Stage):
             num_tokens=num_tokens,
             finish_reason=finish_reason,
             model_id=encoding.model_id,
+            model_trained=encoding.model_trained,
             request_id=_request_id(),
         )
         number = parse_number(text) if ask else None
@@ -350,6 +351,7 @@ class GatewayStage(Stage):
             warnings=list(conformer.warnings),
             embedding=encoding.retrieval_embedding,
             model_id=encoding.model_id,
+            model_trained=encoding.model_trained,
             request_id=_request_id(),
         )
 

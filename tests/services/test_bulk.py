@@ -152,6 +152,7 @@ def test_broker_killed_and_restarted_mid_job(bulk_stack, broker, tmp_path):
     assert failures == []
     assert_exactly_once(rows, smiles)
     assert all(r["embedding_shape"][0] > 0 and len(r["embedding"]) == r["embedding_shape"][0] for r in rows)
+    assert all(r["model_id"] == "molm3d-tiny-test" and r["model_trained"] is True for r in rows)  # the server says
 
 
 def test_bad_items_go_to_the_dlq_and_the_rest_is_answered(bulk_stack, broker, tmp_path):

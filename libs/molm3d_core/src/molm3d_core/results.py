@@ -12,7 +12,7 @@ gateway's Answer):
 Outputs per task: caption `caption, finish_reason`; ask `question, answer, value, unit, finish_reason`
 (value and unit parsed from the answer here, on both paths); embed `embedding, embedding_shape`;
 predict `properties`. A value a path cannot know is None: `request_id` in this process (it is the
-server's id of the call), `model_trained` from a server (the gateway's Answer does not carry it).
+server's id of the call), `source_format` of a bulk result (the server does not echo it).
 """
 
 from __future__ import annotations
