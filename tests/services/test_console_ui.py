@@ -44,7 +44,7 @@ WAIT_S = 240  # a caption of the tiny model takes seconds; a busy 2-core machine
 
 def shown_value(value: float) -> str:
     """A number as the page writes it (console.js formatValue)."""
-    return str(int(value)) if float(value).is_integer() else str(value) if abs(value) >= 1000 else f"{value:.3f}"
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}" if abs(value) >= 1000 else f"{value:.3f}"
 
 
 def api(base: str, path: str, body: dict | None = None, token: str | None = TOKEN) -> tuple[int, dict | bytes]:

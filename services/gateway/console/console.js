@@ -311,7 +311,7 @@
 
   function formatValue(value, unit) {
     const number = Number(value);
-    const text = Math.abs(number) >= 1000 || Number.isInteger(number) ? String(number) : number.toFixed(3);
+    const text = Number.isInteger(number) ? String(number) : number.toFixed(Math.abs(number) >= 1000 ? 1 : 3);
     return unit ? `${text} ${unit}` : text;
   }
 
