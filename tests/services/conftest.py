@@ -29,9 +29,12 @@ TOKEN = "test-token-7f3a"
 # What the test stacks change in serve.yaml (see stack.override).
 TEST_DEPLOYMENTS: dict[str, dict] = {
     "Conformer": {"user_config": {"cache_size": 100, "max_heavy_atoms": 60}},
-    # A short queue on the LM so the admission-control test can fill it.
+    # A short queue on the LM so the admission-control test can fill it. Two sequences decode at once;
+    # the third slot is for the gateway's load polls (Serve counts them as requests like any other):
+    # without it, a poll waiting behind two captions took a queue place, and the next caption was
+    # refused for backpressure with the LM half idle.
     "LM": {
-        "max_ongoing_requests": 2,
+        "max_ongoing_requests": 3,
         "max_queued_requests": 2,
         "user_config": {"max_batch_size": 2},
     },

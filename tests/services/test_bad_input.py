@@ -5,7 +5,7 @@ format, bad decoding values, questions, k, tokens, JSON bodies, protobuf bytes, 
 applications, inner-stage calls), sent concurrently in a few batches. Each must come back with its
 status (gRPC INVALID_ARGUMENT / UNAUTHENTICATED / UNIMPLEMENTED / NOT_FOUND, HTTP 4xx), our error
 code, and a message with nothing internal in it; afterwards the stack still answers a good Ask and
-Caption. Cases that reach the LM stage go two at a time: the test stack's LM queue holds four.
+Caption. Cases that reach the LM stage go two at a time: the test stack's LM takes five.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_grpc_health_check_needs_no_application_metadata(served):
 
 
 def test_ready_answers_at_once_while_the_lm_is_busy(served):
-    """The LM admits 2 requests and queues 2 (TEST_DEPLOYMENTS); 6 clients keep it full. Its readiness
+    """The LM takes 3 requests (2 decoding) and queues 2 (TEST_DEPLOYMENTS); 6 clients keep it full. Its readiness
     must not wait in that queue, nor be refused by it: the stack is busy, not down."""
     stack = served
     stop = threading.Event()
