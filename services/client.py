@@ -69,32 +69,28 @@ def answer_row(
 ) -> dict[str, Any]:
     """The row of a served caption or answer: the library's row (`molm3d_core.results`), as a local run
     writes it. `source_format`: the format the molecule was sent in (the Answer does not echo it)."""
-    provenance = Provenance(
-        record_id=answer.record_id,
-        smiles=answer.smiles,
-        inchikey=answer.inchikey or None,
-        source_format=source_format,
-        conformer_method=answer.conformer_method,
-        warnings=list(answer.warnings),
-    )
     outputs = generation_outputs(task, answer.text, answer.finish_reason, question)
-    return ok_row(task, model_ref(answer), provenance, outputs, answer.request_id)
+    return ok_row(task, model_ref(answer), provenance(answer, source_format), outputs, answer.request_id)
 
 
 def embedding_row(embedding: gateway_pb2.Embedding) -> dict[str, Any]:
     """The row of a served embedding, as `molm3d embed` writes it (the source format is not echoed)."""
     from .common.tensors import from_proto
 
-    provenance = Provenance(
-        record_id=embedding.record_id,
-        smiles=embedding.smiles,
-        inchikey=embedding.inchikey or None,
-        source_format=None,
-        conformer_method=embedding.conformer_method,
-        warnings=list(embedding.warnings),
-    )
     outputs = embedding_outputs(from_proto(embedding.embedding).float().tolist())
-    return ok_row("embed", model_ref(embedding), provenance, outputs, embedding.request_id)
+    return ok_row("embed", model_ref(embedding), provenance(embedding, None), outputs, embedding.request_id)
+
+
+def provenance(reply: gateway_pb2.Answer | gateway_pb2.Embedding, source_format: str | None) -> Provenance:
+    """Which molecule a served reply is about and how its conformer was made."""
+    return Provenance(
+        record_id=reply.record_id,
+        smiles=reply.smiles,
+        inchikey=reply.inchikey or None,
+        source_format=source_format,
+        conformer_method=reply.conformer_method,
+        warnings=list(reply.warnings),
+    )
 
 
 def model_ref(reply: gateway_pb2.Answer | gateway_pb2.Embedding) -> ModelRef:

@@ -46,7 +46,7 @@ from ..bulk.outputs import MEDIA_TYPES, OUTPUT_FORMATS, rows_text
 from ..common.auth import check_grpc
 from ..common.decoding import resolve_decoding
 from ..common.errors import ServiceError
-from .http import HttpCallContext, error_response
+from .http import HttpCallContext, error_response, no_route, wrong_method
 
 if TYPE_CHECKING:
     from .deployment import GatewayStage
@@ -97,16 +97,9 @@ async def handle_bulk(gateway: GatewayStage, request: Request, path: str) -> Res
     elif len(parts) == 1 or (len(parts) == 2 and parts[1] == "results"):
         method, name = "GET", "BulkStatus" if len(parts) == 1 else "BulkResults"
     else:
-        return JSONResponse(
-            {"error": {"status": "NOT_FOUND", "code": "not_found", "message": f"no route {request.method} {path}"}},
-            status_code=404,
-        )
+        return no_route(request, path)
     if request.method != method:
-        return JSONResponse(
-            {"error": {"status": "METHOD_NOT_ALLOWED", "code": "method_not_allowed", "message": f"use {method}"}},
-            status_code=405,
-            headers={"allow": method},
-        )
+        return wrong_method(method)
     with gateway.metrics.request(name):
         try:
             check_grpc(HttpCallContext(request.headers), gateway.token, gateway.stage)

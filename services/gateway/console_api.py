@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import grpc
 import numpy as np
 from molm3d.v1 import common_pb2, conformer_pb2, encoder_pb2, gateway_pb2
 from starlette.requests import Request
@@ -27,8 +26,7 @@ from starlette.responses import JSONResponse, Response
 from molm3d_core.chem.depict import xyz_block
 
 from ..common.auth import check_grpc
-from ..common.errors import ServiceError
-from .http import HttpCallContext, error_response, parse_body
+from .http import HttpCallContext, bad_body, error_response, no_route, parse_body, wrong_method
 
 if TYPE_CHECKING:
     from .deployment import GatewayStage
@@ -86,16 +84,9 @@ ROUTES = {  # path -> (metrics name, request message, handler)
 
 async def handle_console(gateway: GatewayStage, request: Request, path: str) -> Response:
     if path not in ROUTES:
-        return JSONResponse(
-            {"error": {"status": "NOT_FOUND", "code": "not_found", "message": f"no route {request.method} {path}"}},
-            status_code=404,
-        )
+        return no_route(request, path)
     if request.method != "POST":
-        return JSONResponse(
-            {"error": {"status": "METHOD_NOT_ALLOWED", "code": "method_not_allowed", "message": "use POST"}},
-            status_code=405,
-            headers={"allow": "POST"},
-        )
+        return wrong_method("POST")
     name, message_type, handler = ROUTES[path]
     with gateway.metrics.request(name):
         try:
@@ -104,9 +95,7 @@ async def handle_console(gateway: GatewayStage, request: Request, path: str) -> 
             try:
                 message = parse_body(await request.body(), message_type)
             except ValueError as err:
-                raise ServiceError.make(
-                    grpc.StatusCode.INVALID_ARGUMENT, "invalid_request", f"bad JSON body: {err}", gateway.stage
-                ) from None
+                raise bad_body(err, gateway.stage) from None
             body = await asyncio.wait_for(handler(gateway, message), gateway._timeout(context))
         except Exception as exc:
             return error_response(gateway._fail(exc, None))

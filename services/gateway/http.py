@@ -84,6 +84,28 @@ def error_response(err: ServiceError) -> JSONResponse:
     )
 
 
+def no_route(request: Request, path: str) -> JSONResponse:
+    """404 for a path no route serves."""
+    return JSONResponse(
+        {"error": {"status": "NOT_FOUND", "code": "not_found", "message": f"no route {request.method} {path}"}},
+        status_code=404,
+    )
+
+
+def wrong_method(allowed: str) -> JSONResponse:
+    """405 for a route asked with another method than `allowed`."""
+    return JSONResponse(
+        {"error": {"status": "METHOD_NOT_ALLOWED", "code": "method_not_allowed", "message": f"use {allowed}"}},
+        status_code=405,
+        headers={"allow": allowed},
+    )
+
+
+def bad_body(err: ValueError, stage: str) -> ServiceError:
+    """INVALID_ARGUMENT for a body `parse_body` refused."""
+    return ServiceError.make(grpc.StatusCode.INVALID_ARGUMENT, "invalid_request", f"bad JSON body: {err}", stage)
+
+
 def _json(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
@@ -152,16 +174,9 @@ async def handle_http(gateway: Any, request: Request) -> Response:
 
         return await handle_bulk(gateway, request, path)
     if path not in _ROUTES:
-        return JSONResponse(
-            {"error": {"status": "NOT_FOUND", "code": "not_found", "message": f"no route {request.method} {path}"}},
-            status_code=404,
-        )
+        return no_route(request, path)
     if request.method != "POST":
-        return JSONResponse(
-            {"error": {"status": "METHOD_NOT_ALLOWED", "code": "method_not_allowed", "message": "use POST"}},
-            status_code=405,
-            headers={"allow": "POST"},
-        )
+        return wrong_method("POST")
     method, message_type = _ROUTES[path]
     context = HttpCallContext(request.headers)
     try:  # the token before the body, as over gRPC: without it, nothing about the request is judged
@@ -170,8 +185,7 @@ async def handle_http(gateway: Any, request: Request) -> Response:
     except ServiceError as err:
         return error_response(err)
     except ValueError as err:
-        bad = ServiceError.make(grpc.StatusCode.INVALID_ARGUMENT, "invalid_request", f"bad JSON body: {err}", "gateway")
-        return error_response(bad)
+        return error_response(bad_body(err, "gateway"))
     call = getattr(gateway, method)
     if not method.endswith("Stream"):
         try:

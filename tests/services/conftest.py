@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,15 +196,23 @@ def text_index(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) 
     return folder
 
 
-@pytest.fixture(scope="session")  # one stack for every module that uses it: each start costs ~60 s
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, text_index: Path):
-    stack = Stack(tmp_path_factory.mktemp("serve"), tiny_checkpoint, text_index, deployments=SERVED_DEPLOYMENTS)
+@contextlib.contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    """The stack once it is ready; stopped afterwards unless a test already stopped it."""
     try:
         stack.wait_ready()
         yield stack
     finally:
         if stack.proc.poll() is None:
             stack.stop()
+
+
+@pytest.fixture(scope="session")  # one stack for every module that uses it: each start costs ~60 s
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, text_index: Path):
+    with running(
+        Stack(tmp_path_factory.mktemp("serve"), tiny_checkpoint, text_index, deployments=SERVED_DEPLOYMENTS)
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")
@@ -222,7 +231,7 @@ def bulk_stack(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, 
     """A second stack, `molm3d serve --kafka` on `broker`: bulk workers beside the stages, and the
     gateway's bulk routes on the same broker."""
     kafka = {"bootstrap": broker.bootstrap, "session_timeout_ms": 6000}
-    stack = Stack(
+    bulk = Stack(
         tmp_path_factory.mktemp("serve-bulk"),
         tiny_checkpoint,
         text_index,
@@ -234,12 +243,8 @@ def bulk_stack(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, 
             "BulkWorker": {"user_config": {"kafka": kafka, "max_batch": 8, "max_in_flight_batches": 2}},
         },
     )
-    try:
-        stack.wait_ready()
+    with running(bulk) as stack:
         yield stack
-    finally:
-        if stack.proc.poll() is None:
-            stack.stop()
 
 
 def _order(item: pytest.Item) -> int:

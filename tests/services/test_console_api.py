@@ -4,10 +4,7 @@ with untrained and trained heads, in process. The stack's tiny checkpoint has tr
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.error
-import urllib.request
 
 import grpc
 import numpy as np
@@ -18,6 +15,7 @@ from rdkit import Chem
 from molm3d_core.chem.depict import depict_svg
 
 from .conftest import TOKEN
+from .test_serving import http_json
 
 ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
 URL = re.compile(r"https?://[^\s'\"<>)]*")
@@ -26,15 +24,7 @@ SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 
 def post(served, route: str, body: dict | bytes | None, token: str | None = TOKEN, method: str = "POST"):
     """(status, JSON reply) of an HTTP request to the stack's gateway."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{served.http}{route}", data=data, method=method)
-    if token:
-        req.add_header("authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    return http_json(f"{served.http}{route}", body, token, method)
 
 
 def meta(app: str) -> list[tuple[str, str]]:

@@ -58,10 +58,13 @@ def client(served):
     c.close()
 
 
-def http_json(url: str, body: dict | bytes | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
-    """(status, JSON reply) of a GET (no body) or a POST of `body` (bytes: sent as they are)."""
+def http_json(
+    url: str, body: dict | bytes | None = None, token: str | None = TOKEN, method: str | None = None
+) -> tuple[int, dict]:
+    """(status, JSON reply) of a GET (no body) or a POST of `body` (bytes: sent as they are), unless
+    `method` says otherwise."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
+    req = urllib.request.Request(url, data=data, method=method or ("POST" if body is not None else "GET"))
     if token:
         req.add_header("authorization", f"Bearer {token}")
     try:
